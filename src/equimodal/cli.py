@@ -1,0 +1,204 @@
+"""Command line: ``equimodal list | train | eval | prepare | bench | results | report``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Sub-command providers living in their own packages: module -> function adding parsers.
+_PLUGINS = {
+    "equimodal.data.prepare": "add_prepare_parser",
+    "equimodal.bench.cli": "add_bench_parsers",
+    "equimodal.eval.cli": "add_eval_parsers",
+}
+
+HEADLINE = {
+    "classification": ["accuracy", "macro_f1"],
+    "regression": ["mae", "corr", "acc2_non0", "acc7"],
+    "multilabel": ["f1_micro", "f1_macro"],
+}
+
+
+def format_metrics(metrics: dict[str, float], kind: str, modalities: Sequence[str]) -> str:
+    """A small text table: fusion row then one row per modality."""
+    keys = HEADLINE.get(kind, ["accuracy"])
+    lines = [f"{'':<16}" + "".join(f"{k:>12}" for k in keys)]
+    fused = [metrics.get(k, float("nan")) for k in keys]
+    lines.append(f"{'fusion':<16}" + "".join(f"{v:>12.4f}" for v in fused))
+    for m in modalities:
+        row = [metrics.get(f"{m}/{k}", float("nan")) for k in keys]
+        lines.append(f"{m + ' (unimodal)':<16}" + "".join(f"{v:>12.4f}" for v in row))
+    return "\n".join(lines)
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    if p.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(p.read_text())
+    loaded: dict[str, Any] = json.loads(p.read_text())
+    return loaded
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from equimodal.registry import list_datasets, list_methods
+
+    if args.what in ("methods", "all"):
+        print("methods:")
+        for name, doc in list_methods().items():
+            print(f"  {name:<18} {doc}")
+    if args.what in ("datasets", "all"):
+        print("datasets:")
+        for name, doc in list_datasets().items():
+            print(f"  {name:<18} {doc}")
+    return 0
+
+
+def build_run_config(args: argparse.Namespace) -> Any:
+    """RunConfig from ``--config``, ``--method``/``--data`` and ``--set`` overrides."""
+    from equimodal.config import RunConfig, apply_overrides
+
+    base = _load_config_file(args.config) if args.config else {}
+    cfg = RunConfig.from_dict(base)
+    sets = list(args.set or [])
+    if args.method:
+        cfg.method = args.method
+    if args.data:
+        cfg.dataset = args.data
+    for flag, key in (("seed", "train.seed"), ("epochs", "train.epochs"),
+                      ("device", "train.device"), ("batch_size", "train.batch_size"),
+                      ("lr", "train.lr")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.insert(0, f"{key}={value}")
+    if getattr(args, "no_progress", False):
+        sets.append("train.progress=false")
+    return apply_overrides(cfg, sets)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from equimodal.engine import fit
+    from equimodal.registry import DATASETS, METHODS
+
+    cfg = build_run_config(args)
+    METHODS.get(cfg.method)  # fail fast with a helpful message
+    DATASETS.get(cfg.dataset)
+    run_dir = Path(args.out) / f"{cfg.method}-{cfg.dataset}-{cfg.digest()}"
+    result = fit(cfg, run_dir, resume=not args.no_resume)
+    info_kind = result.method.info.kind
+    mods = result.method.info.modality_names
+    print(f"run: {run_dir}")
+    print(f"method {cfg.method} on {cfg.dataset} (seed {cfg.train.seed})")
+    print("valid (used for selection):")
+    print(format_metrics(result.valid, info_kind, mods))
+    print("test:")
+    print(format_metrics(result.test, info_kind, mods))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from equimodal.engine import evaluate, load_run
+
+    result = load_run(args.run)
+    info = result.method.info
+    data = _run_data(result)
+    split = data.split(args.split)
+    keep = None
+    if args.modalities:
+        keep = [m.strip() for m in args.modalities.split(",") if m.strip()]
+        for m in keep:
+            info.check_modality(m)
+    metrics = evaluate(result.method, split, info, modalities=keep)
+    label = f"{args.split} with modalities {keep}" if keep else args.split
+    print(f"{label}:")
+    print(format_metrics(metrics, info.kind, [] if keep else info.modality_names))
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _run_data(result: Any) -> Any:
+    from equimodal.config import RunConfig
+    from equimodal.registry import load_dataset
+
+    raw = dict(result.config)
+    raw.pop("versions", None)
+    cfg = RunConfig.from_dict(raw)
+    return load_dataset(cfg.dataset, **cfg.data)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``train`` and ``bench``: method/data/config/overrides."""
+    p.add_argument("--config", help="JSON or TOML file with a RunConfig")
+    p.add_argument("--set", "-s", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a field, e.g. train.lr=0.01, method.alpha=0.5, data.seed=1")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The full argument parser (sub-commands from plugins included)."""
+    parser = argparse.ArgumentParser(
+        prog="equimodal", description="Balanced multimodal learning: train, compare, diagnose."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered methods and datasets")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="train one method on one dataset")
+    p.add_argument("--method", "-m", help="registered method name (see `equimodal list`)")
+    p.add_argument("--data", "-d", help="registered dataset name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", default="runs", help="parent folder of run folders")
+    p.add_argument("--no-resume", action="store_true", help="retrain even if a run exists")
+    add_run_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished run, optionally with modalities removed")
+    p.add_argument("run", help="run folder written by `equimodal train`")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--modalities", help="comma-separated modalities to keep (others missing)")
+    p.add_argument("--json", action="store_true", help="also print all metrics as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    for module, fn in _PLUGINS.items():
+        if importlib.util.find_spec(module) is not None:
+            getattr(importlib.import_module(module), fn)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with a one-line message on bad input)."""
+    from equimodal.data.dataset import DataError
+
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except (KeyError, ValueError, DataError, FileNotFoundError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"equimodal: error: {msg}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

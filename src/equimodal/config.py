@@ -1,0 +1,204 @@
+"""Typed run configuration; the resolved config is saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone settings shared by methods that use the generic :class:`MultimodalModel`.
+
+    Attributes:
+        encoder: ``auto`` (MLP for vectors, ``seq_encoder`` for sequences), ``mlp``,
+            ``conv1d`` or ``transformer``.
+        seq_encoder: Encoder used for sequence modalities under ``auto``.
+        hidden: Width of encoder features H.
+        layers: Depth of each encoder.
+        dropout: Dropout inside encoders.
+        heads: Attention heads of transformer encoders.
+        fusion: Fusion module name (``concat``, ``sum``, ``late``, ``gated``, ``film``).
+        unimodal_heads: Add a linear head per modality for fusions that cannot be split.
+    """
+
+    encoder: str = "auto"
+    seq_encoder: str = "transformer"
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.0
+    heads: int = 4
+    fusion: str = "concat"
+    unimodal_heads: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and engine settings (the engine alone owns these).
+
+    Attributes:
+        epochs: Total epochs when the method declares one stage (stages may set their own).
+        batch_size: Mini-batch size.
+        lr: Learning rate of the ``main`` group (other groups may scale it).
+        weight_decay: Weight decay.
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        momentum: SGD momentum.
+        scheduler: ``none``, ``step``, ``cosine`` or ``plateau``.
+        step_size: StepLR period in epochs.
+        gamma: StepLR / plateau decay factor.
+        clip_norm: Gradient-norm clipping (``0`` disables).
+        amp: Mixed precision on CUDA (bf16/fp16 autocast + grad scaling).
+        accum_steps: Gradient accumulation steps.
+        patience: Early-stopping patience in epochs on the validation metric (``0`` = off).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: Random seed.
+        select_metric: Validation metric for model selection (``auto`` picks per task).
+        eval_every: Evaluate on validation every N epochs.
+        progress: Show progress bars.
+        deterministic: Ask torch for deterministic kernels.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    scheduler: str = "none"
+    step_size: int = 70
+    gamma: float = 0.1
+    clip_norm: float = 0.0
+    amp: bool = False
+    accum_steps: int = 1
+    patience: int = 0
+    device: str = "auto"
+    seed: int = 0
+    select_metric: str = "auto"
+    eval_every: int = 1
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run; its hash addresses the run folder in sweeps.
+
+    Attributes:
+        method: Registered method name.
+        dataset: Registered dataset name.
+        data: Keyword arguments of the dataset factory.
+        method_cfg: Fields of the method's ``Config``.
+        model: Backbone settings.
+        train: Engine settings.
+    """
+
+    method: str = "concat"
+    dataset: str = "synthetic"
+    data: dict[str, Any] = field(default_factory=dict)
+    method_cfg: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        model = build_dataclass(ModelConfig, d.pop("model", {}) or {}, where="model")
+        train = build_dataclass(TrainConfig, d.pop("train", {}) or {}, where="train")
+        return cls(model=model, train=train, **d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change results (device and progress bars do not)."""
+        d = self.to_dict()
+        for k in ("device", "progress"):
+            d["train"].pop(k, None)
+        return d
+
+    def digest(self) -> str:
+        """Stable 12-hex hash of :meth:`identity`."""
+        import hashlib
+
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI override value: JSON when it parses (numbers, bools, lists), else a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _coerce(value: Any, annotation: Any, where: str, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None:
+        return None
+    if annotation is bool or (origin is typing.Union and bool in args):
+        if isinstance(value, str):
+            return parse_value(value)
+        return bool(value)
+    if annotation is int and isinstance(value, (str, float)):
+        try:
+            fval = float(value)
+        except ValueError as err:
+            raise ValueError(f"{where}: field {name!r} expects an int, got {value!r}") from err
+        if fval != int(fval):
+            raise ValueError(f"{where}: field {name!r} expects an int, got {value!r}")
+        return int(fval)
+    if annotation is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError as err:
+            raise ValueError(f"{where}: field {name!r} expects a float, got {value!r}") from err
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def build_dataclass(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
+    """Instantiate dataclass ``cls`` from ``values``, naming unknown fields and coercing types.
+
+    Raises:
+        KeyError: a key is not a field of ``cls`` (the message lists the valid fields).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise KeyError(f"{where}: unknown field(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {k: _coerce(v, hints.get(k, Any), where, k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings (sections: train, model, method, data)."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        section, _, name = key.partition(".")
+        section = {"method": "method_cfg"}.get(section, section)
+        if section not in ("train", "model", "method_cfg", "data") or not name:
+            raise ValueError(
+                f"override {item!r} must look like section.key=value with section one of "
+                "train, model, method, data"
+            )
+        d[section][name] = parse_value(raw)
+    return RunConfig.from_dict(d)

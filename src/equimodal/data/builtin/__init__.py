@@ -1,0 +1,1 @@
+"""Built-in datasets; every module here registers itself with ``@register_dataset``."""

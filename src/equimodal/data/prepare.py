@@ -1,0 +1,159 @@
+"""``equimodal prepare``: turn raw datasets into generic-format feature folders.
+
+Sub-commands::
+
+    equimodal prepare cremad    --root CREMA-D --out features/cremad
+    equimodal prepare imagetext --root MVSA_Single --out features/mvsa --layout mvsa
+    equimodal prepare imagetext --root food101 --out features/food101 --layout csv \\
+        --train-csv texts/train_titles.csv --test-csv texts/test_titles.csv
+    equimodal prepare check     --path features/cremad
+
+Every step is resumable (finished chunks are kept under ``<out>/.cache``; a finished
+folder with the same settings is not redone) and shows tqdm progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from equimodal.data.formats import (
+    PrepareResult,
+    load_cremad,
+    load_generic,
+    prepare_cremad,
+    prepare_imagetext,
+)
+from equimodal.data.formats.text import TEXT_FEATURES
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "add_prepare_parser",
+    "load_cremad",
+    "prepare_cremad",
+    "prepare_imagetext",
+    "run_prepare",
+]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="folder of the raw dataset")
+    p.add_argument("--out", required=True, help="output folder (generic format)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--valid-frac", type=float, default=0.1, help="validation fraction")
+    p.add_argument("--test-frac", type=float, default=0.1, help="test fraction (drawn splits)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="exclude samples with missing/unreadable files or no split (reported)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a cache made with other settings")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``prepare`` command (with one sub-command per format) to ``subparsers``.
+
+    Args:
+        subparsers: The object returned by ``ArgumentParser.add_subparsers``.
+
+    Returns:
+        The ``prepare`` parser; its handler is ``run_prepare`` (set as ``func``).
+    """
+    prep = subparsers.add_parser(
+        "prepare", help="extract features of a raw dataset into the generic format",
+        description="Extract features of a raw dataset into a generic-format folder "
+                    "(resumable).")
+    sub = prep.add_subparsers(dest="prepare_format", required=True)
+
+    p = sub.add_parser("cremad", help="CREMA-D: AudioWAV/*.wav + frames/<clip>/*.jpg")
+    _common(p)
+    p.add_argument("--audio-dir", default="AudioWAV", help="WAV sub-folder")
+    p.add_argument("--frames-dir", default="frames", help="sub-folder of per-clip frame folders")
+    p.add_argument("--split-csv", help="CSV with columns clip,split")
+    p.add_argument("--train-list", help="OGM-GE style train list (first column: clip)")
+    p.add_argument("--test-list", help="OGM-GE style test list")
+    p.add_argument("--by-speaker", action="store_true", help="speaker-independent random split")
+    p.add_argument("--n-frames", type=int, default=2, help="frames per clip (default 2)")
+    p.add_argument("--image-size", type=int, default=32, help="frame side in pixels")
+    p.add_argument("--sample-rate", type=int, default=16000, help="audio rate in Hz")
+    p.add_argument("--max-seconds", type=float, default=3.0, help="audio window in seconds")
+    p.add_argument("--n-mels", type=int, default=64, help="mel bands")
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("imagetext", help="MVSA or Food-101 style image-text folders")
+    _common(p)
+    p.add_argument("--layout", choices=["mvsa", "csv"], default="mvsa")
+    p.add_argument("--name", help="dataset name stored in meta.json")
+    p.add_argument("--data-dir", default="data", help="MVSA: folder of <id>.jpg/<id>.txt")
+    p.add_argument("--labels-file", help="MVSA labels file (default labelResultAll.txt)")
+    p.add_argument("--split-csv", help="MVSA: CSV with columns id,split")
+    p.add_argument("--csv", help="csv layout: one CSV with a split column")
+    p.add_argument("--train-csv", help="csv layout: training CSV")
+    p.add_argument("--valid-csv", help="csv layout: validation CSV (else drawn from train)")
+    p.add_argument("--test-csv", help="csv layout: test CSV")
+    p.add_argument("--images-dir", default="images", help="csv layout: images folder")
+    p.add_argument("--text-features", choices=list(TEXT_FEATURES), default="tfidf")
+    p.add_argument("--text-dim", type=int, default=256, help="tfidf/hash feature size")
+    p.add_argument("--image-features", choices=["pixels", "conv"], default="pixels")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--device", help="torch device for minilm text features")
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("check", help="load a generic-format folder/file and summarise it")
+    p.add_argument("--path", required=True, help="folder, .npz or .parquet")
+    p.add_argument("--skip-bad", action="store_true", help="report bad rows instead of failing")
+    p.set_defaults(func=run_prepare)
+    prep.set_defaults(func=run_prepare)
+    return prep
+
+
+def _summary(res: PrepareResult) -> str:
+    if res.already_done:
+        return f"{res.out}: already prepared ({res.n_samples} samples); nothing to do\n"
+    text = (f"{res.out}: wrote {res.n_samples} samples ({res.computed} computed, "
+            f"{res.reused} from cache)\n")
+    if res.excluded:
+        text += f"excluded: {res.excluded}\n"
+    return text
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Handle ``equimodal prepare <format>``; returns the exit code.
+
+    Raises:
+        DataError: on bad input (the CLI turns it into a one-line message, exit code 2).
+    """
+    fmt = getattr(args, "prepare_format", None)
+    if fmt == "check":
+        data = load_generic(args.path, skip_bad=args.skip_bad)
+        mods = ", ".join(f"{s.name} {[s.seq_len, s.dim] if s.is_sequence else [s.dim]}"
+                         for s in data.info.modalities.values())
+        sys.stdout.write(
+            f"{args.path}: {data.info.kind}, {data.info.num_outputs} output(s), modalities "
+            f"[{mods}], train/valid/test = {len(data.train)}/{len(data.valid)}/"
+            f"{len(data.test)}\n" + (f"excluded: {data.excluded}\n" if data.excluded else ""))
+        return 0
+    common = {"seed": args.seed, "valid_frac": args.valid_frac, "test_frac": args.test_frac,
+              "skip_bad": args.skip_bad, "overwrite": args.overwrite,
+              "progress": not args.no_progress}
+    if fmt == "cremad":
+        res = prepare_cremad(
+            args.root, args.out, audio_dir=args.audio_dir, frames_dir=args.frames_dir,
+            split_csv=args.split_csv, train_list=args.train_list, test_list=args.test_list,
+            by_speaker=args.by_speaker, n_frames=args.n_frames, image_size=args.image_size,
+            sample_rate=args.sample_rate, max_seconds=args.max_seconds, n_mels=args.n_mels,
+            **common)
+    elif fmt == "imagetext":
+        res = prepare_imagetext(
+            args.root, args.out, layout=args.layout, data_dir=args.data_dir,
+            labels_file=args.labels_file, csv=args.csv, train_csv=args.train_csv,
+            valid_csv=args.valid_csv, test_csv=args.test_csv, images_dir=args.images_dir,
+            split_csv=args.split_csv, text_features=args.text_features,
+            text_dim=args.text_dim, image_features=args.image_features,
+            image_size=args.image_size, device=args.device, name=args.name, **common)
+    else:
+        raise ValueError(f"unknown prepare format {fmt!r}")
+    sys.stdout.write(_summary(res))
+    return 0

@@ -1,0 +1,31 @@
+"""Encoders, fusion modules and the generic multimodal model."""
+
+from equimodal.models.encoders import Conv1dEncoder, MLPEncoder, TransformerEncoder, build_encoder
+from equimodal.models.fusion import (
+    ConcatFusion,
+    FiLMFusion,
+    Fusion,
+    FusionOutput,
+    GatedFusion,
+    LateFusion,
+    SumFusion,
+    build_fusion,
+)
+from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
+
+__all__ = [
+    "ConcatFusion",
+    "Conv1dEncoder",
+    "FiLMFusion",
+    "Fusion",
+    "FusionOutput",
+    "GatedFusion",
+    "LateFusion",
+    "MLPEncoder",
+    "MultimodalModel",
+    "SumFusion",
+    "TransformerEncoder",
+    "build_encoder",
+    "build_fusion",
+    "build_multimodal_model",
+]

@@ -1,0 +1,134 @@
+"""Name -> factory registries for methods, datasets, encoders and fusions.
+
+Adding a method is one file under ``equimodal/methods/`` with ``@register_method("name")``;
+the package imports every module there, so the registry (and the tests parametrised over
+it) pick it up automatically.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping from names to registered objects with helpful lookup errors."""
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
+        self.kind = kind
+        self._package = package
+        self._items: dict[str, T] = {}
+        self._docs: dict[str, str] = {}
+        self._loaded = package is None
+
+    def register(self, name: str, doc: str | None = None) -> Callable[[T], T]:
+        """Decorator registering an object under ``name``."""
+
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            text = doc or (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
+            return obj
+
+        return deco
+
+    def _load(self) -> None:
+        # Import every module of the package once so their decorators run.
+        if self._loaded or self._package is None:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self._package)
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + "."):
+            importlib.import_module(info.name)
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name`` or raise ``KeyError`` naming close matches."""
+        self._load()
+        if name not in self._items:
+            close = difflib.get_close_matches(name, list(self._items), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        self._load()
+        return sorted(self._items)
+
+    def describe(self) -> dict[str, str]:
+        """Name -> one-line description."""
+        self._load()
+        return {n: self._docs.get(n, "") for n in sorted(self._items)}
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._items)
+
+
+METHODS: Registry[Any] = Registry("method", "equimodal.methods")
+DATASETS: Registry[Any] = Registry("dataset", "equimodal.data.builtin")
+ENCODERS: Registry[Any] = Registry("encoder")
+FUSIONS: Registry[Any] = Registry("fusion")
+
+
+
+def register_method(name: str, doc: str | None = None) -> Callable[[Any], Any]:
+    """Register a :class:`~equimodal.methods.base.Method` subclass and set its ``name``."""
+
+    def deco(cls: Any) -> Any:
+        cls.name = name
+        return METHODS.register(name, doc)(cls)
+
+    return deco
+
+register_dataset = DATASETS.register
+
+
+def list_methods() -> dict[str, str]:
+    """Registered methods with one-line descriptions."""
+    return METHODS.describe()
+
+
+def list_datasets() -> dict[str, str]:
+    """Registered datasets with one-line descriptions."""
+    return DATASETS.describe()
+
+
+def load_dataset(name: str, **kwargs: Any) -> Any:
+    """Build the registered dataset ``name``; returns a :class:`~equimodal.data.MultimodalData`."""
+    return DATASETS.get(name)(**kwargs)
+
+
+def create_method(name: str, info: Any, model_cfg: Any = None, **overrides: Any) -> Any:
+    """Build method ``name`` for a task: its model (through ``build_model``) and extra modules.
+
+    Args:
+        name: Registered method name.
+        info: The dataset's :class:`~equimodal.types.TaskInfo`.
+        model_cfg: A :class:`~equimodal.config.ModelConfig`; defaults when ``None``.
+        **overrides: Fields of the method's ``Config`` dataclass.
+    """
+    from equimodal.config import ModelConfig, build_dataclass
+
+    cls = METHODS.get(name)
+    cfg = build_dataclass(cls.Config, overrides, where=f"method {name!r}")
+    mcfg = model_cfg if model_cfg is not None else ModelConfig()
+    cls.check_task(info, cfg)
+    model = cls.build_model(info, mcfg, cfg)
+    return cls(model, info, cfg)
