@@ -1,4 +1,10 @@
-"""Metrics: functional forms and stateful classes sharing one implementation."""
+"""Metrics: functional forms and stateful classes sharing one implementation.
+
+Functional metrics (:mod:`equimodal.metrics.functional`) take tensors and return Python
+floats; stateful metrics (:mod:`equimodal.metrics.stateful`) accumulate batches and call
+the same functions on the concatenation. The training engine uses
+:func:`compute_task_metrics` and :func:`selection_metric`.
+"""
 
 from equimodal.metrics.functional import (
     accuracy,
@@ -11,6 +17,7 @@ from equimodal.metrics.functional import (
     pearson,
     regression_metrics,
     selection_metric,
+    task_metric_names,
     weighted_accuracy_binary,
     weighted_f1,
 )
@@ -29,6 +36,7 @@ __all__ = [
     "pearson",
     "regression_metrics",
     "selection_metric",
+    "task_metric_names",
     "weighted_accuracy_binary",
     "weighted_f1",
 ]

@@ -1,184 +1,130 @@
-"""Functional metrics (tensors in, floats out); the stateful classes call these."""
+"""Functional metrics: tensors in, Python floats out.
+
+Every metric here is vectorised torch code and is the single implementation that the
+stateful classes in :mod:`equimodal.metrics.stateful` call on their accumulated state.
+
+Conventions:
+    * Classification inputs are class ids ``[N]`` (any integer, bool or integral float
+      dtype); ids need not be contiguous.
+    * Empty input (``N == 0``) gives ``nan`` rather than raising, so that an empty split
+      never crashes an evaluation loop.
+    * Ill-defined F1 terms (no true and no predicted sample of a class) count as 0.0, as in
+      scikit-learn's default ``zero_division="warn"``.
+"""
 
 from __future__ import annotations
 
-import math
+import statistics
+from collections.abc import Iterable
 
-import torch
 from torch import Tensor
 
+from equimodal.metrics._classification import (
+    _multilabel_pair,
+    accuracy,
+    balanced_accuracy,
+    macro_f1,
+    multilabel_f1,
+    weighted_accuracy_binary,
+    weighted_f1,
+)
+from equimodal.metrics._common import NAN
+from equimodal.metrics._regression import msa_metrics, pearson, regression_metrics
 
-def _confusion(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    idx = target.long() * num_classes + preds.long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    ).double()
+__all__ = [
+    "accuracy",
+    "balanced_accuracy",
+    "compute_task_metrics",
+    "macro_f1",
+    "mean_std",
+    "msa_metrics",
+    "multilabel_f1",
+    "pearson",
+    "regression_metrics",
+    "selection_metric",
+    "task_metric_names",
+    "weighted_accuracy_binary",
+    "weighted_f1",
+]
+
+# --------------------------------------------------------------------------------------
+# task-level entry points (used by the training engine)
+# --------------------------------------------------------------------------------------
+
+_TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"),
+    "regression": ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc3", "acc5", "acc7",
+                   "mae", "corr", "mse", "r2"),
+    "multilabel": ("f1_micro", "f1_macro", "f1_samples", "accuracy"),
+}
+_DEFAULT_SELECTION = {"classification": "accuracy", "regression": "mae",
+                      "multilabel": "f1_micro"}
 
 
-def _n_classes(preds: Tensor, target: Tensor) -> int:
-    if preds.numel() == 0:
-        return 1
-    return int(max(int(preds.max()), int(target.max()))) + 1
+def _check_kind(kind: str) -> None:
+    if kind not in _TASK_METRICS:
+        raise KeyError(f"unknown task kind {kind!r}; valid: {sorted(_TASK_METRICS)}")
 
 
-def accuracy(preds: Tensor, target: Tensor) -> float:
-    """Fraction of exact matches.
+def task_metric_names(kind: str) -> tuple[str, ...]:
+    """Names of the metrics :func:`compute_task_metrics` returns for a task kind.
 
     Example:
-        >>> import torch
-        >>> accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
-        0.6666666666666666
+        >>> task_metric_names("multilabel")
+        ('f1_micro', 'f1_macro', 'f1_samples', 'accuracy')
     """
-    if target.numel() == 0:
-        return math.nan
-    return float((preds.reshape(-1) == target.reshape(-1)).double().mean())
+    _check_kind(kind)
+    return _TASK_METRICS[kind]
 
 
-def _f1_per_class(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    k = _n_classes(preds, target)
-    cm = _confusion(preds, target, k)
-    tp = cm.diag()
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    denom = support + predicted
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1e-12), torch.zeros_like(tp))
-    return f1, support
-
-
-def macro_f1(preds: Tensor, target: Tensor) -> float:
-    """Unweighted mean of per-class F1 over classes seen in preds or target (sklearn macro).
-
-    Example:
-        >>> import torch
-        >>> round(macro_f1(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])), 4)
-        0.6667
-    """
-    if target.numel() == 0:
-        return math.nan
-    f1, support = _f1_per_class(preds, target)
-    k = _n_classes(preds, target)
-    cm = _confusion(preds, target, k)
-    present = (cm.sum(1) + cm.sum(0)) > 0
-    return float(f1[present].mean())
-
-
-def weighted_f1(preds: Tensor, target: Tensor) -> float:
-    """Per-class F1 weighted by class support (sklearn ``average="weighted"``)."""
-    if target.numel() == 0:
-        return math.nan
-    f1, support = _f1_per_class(preds, target)
-    return float((f1 * support).sum() / support.sum().clamp_min(1e-12))
-
-
-def balanced_accuracy(preds: Tensor, target: Tensor) -> float:
-    """Mean per-class recall over classes present in ``target``."""
-    if target.numel() == 0:
-        return math.nan
-    k = _n_classes(preds, target)
-    cm = _confusion(preds, target, k)
-    support = cm.sum(1)
-    recall = cm.diag()[support > 0] / support[support > 0]
-    return float(recall.mean())
-
-
-def weighted_accuracy_binary(preds: Tensor, target: Tensor) -> float:
-    """MulT/IEMOCAP weighted accuracy ``(TP * N / P + TN) / (2N)`` for 0/1 labels."""
-    p = float((target == 1).sum())
-    n = float((target == 0).sum())
-    if p == 0 or n == 0:
-        return accuracy(preds, target)
-    tp = float(((preds == 1) & (target == 1)).sum())
-    tn = float(((preds == 0) & (target == 0)).sum())
-    return (tp * n / p + tn) / (2 * n)
-
-
-def multilabel_f1(preds01: Tensor, target01: Tensor, average: str = "macro") -> float:
-    """F1 for 0/1 matrices ``[N, C]`` with ``average`` in macro, micro, samples."""
-    p, t = preds01.double(), target01.double()
-    if average == "micro":
-        tp = (p * t).sum()
-        denom = p.sum() + t.sum()
-        return float(2 * tp / denom) if denom > 0 else 0.0
-    dim = 0 if average == "macro" else 1
-    if average not in ("macro", "samples"):
-        raise KeyError(f"unknown average {average!r}; use macro, micro or samples")
-    tp = (p * t).sum(dim)
-    denom = p.sum(dim) + t.sum(dim)
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1e-12), torch.zeros_like(tp))
-    return float(f1.mean()) if f1.numel() else math.nan
-
-
-def pearson(x: Tensor, y: Tensor) -> float:
-    """Pearson correlation (0.0 when either side is constant)."""
-    x, y = x.double().reshape(-1), y.double().reshape(-1)
-    if x.numel() < 2:
-        return 0.0
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = xc.norm() * yc.norm()
-    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
-
-
-def _binned_accuracy(preds: Tensor, target: Tensor, bound: float) -> float:
-    a = torch.round(preds.clamp(-bound, bound))
-    b = torch.round(target.clamp(-bound, bound))
-    return float((a == b).double().mean())
-
-
-def msa_metrics(preds: Tensor, target: Tensor) -> dict[str, float]:
-    """Multimodal sentiment analysis metrics in the MMSA conventions.
-
-    ``acc2_has0``/``f1_has0``: negative (< 0) vs non-negative (>= 0);
-    ``acc2_non0``/``f1_non0``: samples with label 0 excluded, negative vs positive;
-    ``acc3``/``acc5``/``acc7``: clip to [-1, 1] / [-2, 2] / [-3, 3] then round;
-    ``mae`` and Pearson ``corr``. F1 scores are support-weighted.
-    """
-    p, t = preds.double().reshape(-1), target.double().reshape(-1)
-    out: dict[str, float] = {}
-    pb, tb = (p >= 0).long(), (t >= 0).long()
-    out["acc2_has0"] = accuracy(pb, tb)
-    out["f1_has0"] = weighted_f1(pb, tb)
-    nz = t != 0
-    pn, tn = (p[nz] > 0).long(), (t[nz] > 0).long()
-    out["acc2_non0"] = accuracy(pn, tn)
-    out["f1_non0"] = weighted_f1(pn, tn)
-    out["acc3"] = _binned_accuracy(p, t, 1.0)
-    out["acc5"] = _binned_accuracy(p, t, 2.0)
-    out["acc7"] = _binned_accuracy(p, t, 3.0)
-    out["mae"] = float((p - t).abs().mean()) if t.numel() else math.nan
-    out["corr"] = pearson(p, t)
-    return out
-
-
-def regression_metrics(preds: Tensor, target: Tensor) -> dict[str, float]:
-    """MAE, MSE, Pearson correlation and R^2."""
-    p, t = preds.double().reshape(-1), target.double().reshape(-1)
-    mse = float(((p - t) ** 2).mean()) if t.numel() else math.nan
-    var = float(((t - t.mean()) ** 2).mean()) if t.numel() else math.nan
-    return {
-        "mae": float((p - t).abs().mean()) if t.numel() else math.nan,
-        "mse": mse,
-        "corr": pearson(p, t),
-        "r2": 1.0 - mse / var if var > 0 else 0.0,
-    }
+def _classification_preds(outputs: Tensor) -> Tensor:
+    """Class ids from logits ``[N, C]``; ``[N]``/``[N, 1]`` floats are one binary logit."""
+    if not outputs.is_floating_point():
+        return outputs.reshape(-1)
+    if outputs.dim() >= 2 and outputs.shape[-1] > 1:
+        return outputs.argmax(-1).reshape(-1)
+    return (outputs.reshape(-1) > 0).long()
 
 
 def compute_task_metrics(kind: str, outputs: Tensor, target: Tensor) -> dict[str, float]:
-    """All metrics of a task from raw model outputs.
+    """Every metric of a task, from raw model outputs.
 
     Args:
-        kind: ``classification`` (logits ``[N, C]``), ``regression`` (``[N, 1]`` or ``[N]``)
-            or ``multilabel`` (logits ``[N, C]``, thresholded at 0).
+        kind: ``"classification"``: ``outputs`` are logits ``[N, C]`` (arg-maxed; a float
+            ``[N]``/``[N, 1]`` is one binary logit thresholded at 0, an integer ``[N]`` is
+            taken as class ids), ``target`` class ids ``[N]``.
+            ``"regression"``: ``outputs`` ``[N, 1]`` or ``[N]``, ``target`` scores ``[N]``;
+            returns the :func:`msa_metrics` keys plus ``mse`` and ``r2``.
+            ``"multilabel"``: ``outputs`` logits ``[N, C]`` thresholded at 0, ``target``
+            0/1 ``[N, C]``; returns ``f1_micro``, ``f1_macro``, ``f1_samples`` and subset
+            accuracy ``accuracy``.
         outputs: Model outputs.
         target: Targets.
 
+    Returns:
+        Dict of metric name to float, keys as in :func:`task_metric_names` (values ``nan``
+        for empty input).
+
+    Raises:
+        KeyError: For an unknown ``kind``.
+
     Example:
         >>> import torch
-        >>> m = compute_task_metrics("classification", torch.eye(3), torch.arange(3))
-        >>> m["accuracy"], m["macro_f1"]
-        (1.0, 1.0)
+        >>> logits = torch.tensor([[2.0, 0.1], [0.3, 1.0], [1.5, -1.0]])
+        >>> m = compute_task_metrics("classification", logits, torch.tensor([0, 1, 1]))
+        >>> round(m["accuracy"], 4), round(m["balanced_accuracy"], 4)
+        (0.6667, 0.75)
     """
+    _check_kind(kind)
+    if outputs.numel() == 0 or target.numel() == 0:
+        if (outputs.numel() == 0) != (target.numel() == 0):
+            raise ValueError(
+                f"outputs {tuple(outputs.shape)} and target {tuple(target.shape)} do not "
+                "hold the same number of samples"
+            )
+        return dict.fromkeys(_TASK_METRICS[kind], NAN)
     if kind == "classification":
-        preds = outputs.argmax(-1)
+        preds = _classification_preds(outputs.detach())
         return {
             "accuracy": accuracy(preds, target),
             "macro_f1": macro_f1(preds, target),
@@ -186,45 +132,75 @@ def compute_task_metrics(kind: str, outputs: Tensor, target: Tensor) -> dict[str
             "balanced_accuracy": balanced_accuracy(preds, target),
         }
     if kind == "regression":
-        p = outputs.reshape(-1)
-        reg = regression_metrics(p, target)
-        return {**msa_metrics(p, target), "mse": reg["mse"], "r2": reg["r2"]}
-    if kind == "multilabel":
-        preds01 = (outputs > 0).long()
-        t = target.long()
-        return {
-            "f1_micro": multilabel_f1(preds01, t, "micro"),
-            "f1_macro": multilabel_f1(preds01, t, "macro"),
-            "f1_samples": multilabel_f1(preds01, t, "samples"),
-            "accuracy": float((preds01 == t).all(1).double().mean()) if t.numel() else math.nan,
-        }
-    raise KeyError(f"unknown task kind {kind!r}; use classification, regression or multilabel")
-
-
-_DEFAULT_SELECTION = {"classification": "accuracy", "regression": "mae",
-                      "multilabel": "f1_micro"}
-_KNOWN = {
-    "classification": ["accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"],
-    "regression": ["mae", "mse", "corr", "r2", "acc2_has0", "acc2_non0", "f1_has0",
-                   "f1_non0", "acc3", "acc5", "acc7"],
-    "multilabel": ["f1_micro", "f1_macro", "f1_samples", "accuracy"],
-}
+        reg = regression_metrics(outputs, target)
+        return {**msa_metrics(outputs, target), "mse": reg["mse"], "r2": reg["r2"]}
+    p, t = _multilabel_pair(outputs.detach() > 0, target)
+    return {
+        "f1_micro": multilabel_f1(p, t, "micro"),
+        "f1_macro": multilabel_f1(p, t, "macro"),
+        "f1_samples": multilabel_f1(p, t, "samples"),
+        "accuracy": float((p == t).all(1).double().mean()),
+    }
 
 
 def selection_metric(kind: str, name: str = "auto") -> tuple[str, str]:
-    """(validation metric used for model selection, ``"max"`` or ``"min"``)."""
-    if kind not in _KNOWN:
-        raise KeyError(f"unknown task kind {kind!r}")
+    """Validation metric used for model selection and its direction.
+
+    Args:
+        kind: Task kind (``classification``, ``regression`` or ``multilabel``).
+        name: ``"auto"`` (``accuracy`` for classification, ``mae`` for regression,
+            ``f1_micro`` for multilabel), a name from :func:`task_metric_names`, or
+            ``"<modality>/<name>"`` for a unimodal score.
+
+    Returns:
+        ``(metric name, "min" or "max")``; names ending in ``mae``, ``mse`` or ``loss`` are
+        minimised, the others maximised.
+
+    Raises:
+        KeyError: For an unknown kind or metric name (the message lists the valid ones).
+
+    Example:
+        >>> selection_metric("regression")
+        ('mae', 'min')
+        >>> selection_metric("classification", "macro_f1")
+        ('macro_f1', 'max')
+    """
+    _check_kind(kind)
     if name == "auto":
         name = _DEFAULT_SELECTION[kind]
-    if name not in _KNOWN[kind]:
-        raise KeyError(f"unknown selection metric {name!r} for {kind}; valid: {_KNOWN[kind]}")
-    return name, ("min" if name.endswith(("mae", "mse", "loss")) else "max")
+    base = name.rsplit("/", 1)[-1]
+    if base not in _TASK_METRICS[kind] or name.startswith("/"):
+        raise KeyError(
+            f"unknown selection metric {name!r} for {kind} tasks; valid: 'auto', "
+            f"{', '.join(map(repr, _TASK_METRICS[kind]))} (optionally '<modality>/' prefixed)"
+        )
+    return name, ("min" if base.endswith(("mae", "mse", "loss")) else "max")
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
-    if not values:
-        return math.nan, math.nan
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+# --------------------------------------------------------------------------------------
+# aggregation over seeds
+# --------------------------------------------------------------------------------------
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of values, e.g. one per seed.
+
+    Args:
+        values: The values.
+
+    Returns:
+        ``(mean, std)``; std is 0.0 for a single value, both are ``nan`` for none.
+
+    Example:
+        >>> mean, std = mean_std([0.7, 0.8, 0.9])
+        >>> round(mean, 4), round(std, 4)
+        (0.8, 0.1)
+        >>> mean_std([0.5])
+        (0.5, 0.0)
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        return NAN, NAN
+    if len(vals) == 1:
+        return vals[0], 0.0
+    return statistics.fmean(vals), statistics.stdev(vals)
