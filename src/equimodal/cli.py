@@ -50,9 +50,27 @@ def _load_config_file(path: str) -> dict[str, Any]:
     return loaded
 
 
+def methods_markdown() -> str:
+    """The README method table: name, summary, paper, family, modalities, tasks."""
+    from equimodal.methods.base import method_card
+    from equimodal.registry import METHODS
+
+    rows = ["| method | what it does | paper | family | modalities | tasks |",
+            "|---|---|---|---|---|---|"]
+    for name in METHODS.names():
+        card = method_card(METHODS.get(name))
+        tasks = ", ".join(card.tasks)
+        rows.append(f"| `{name}` | {card.summary} | {card.paper} | {card.family} | "
+                    f"{card.modalities} | {tasks} |")
+    return "\n".join(rows)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from equimodal.registry import list_datasets, list_methods
 
+    if args.markdown:
+        print(methods_markdown())
+        return 0
     if args.what in ("methods", "all"):
         print("methods:")
         for name, doc in list_methods().items():
@@ -159,6 +177,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered methods and datasets")
     p.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets"])
+    p.add_argument("--markdown", action="store_true", help="print the method table as Markdown")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("train", help="train one method on one dataset")
