@@ -110,7 +110,7 @@ def list_datasets() -> dict[str, str]:
     return DATASETS.describe()
 
 
-def load_dataset(name: str, **kwargs: Any) -> Any:
+def load_dataset(name: str, /, **kwargs: Any) -> Any:
     """Build the registered dataset ``name``; returns a :class:`~equimodal.data.MultimodalData`."""
     return DATASETS.get(name)(**kwargs)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,6 +35,9 @@ class StepContext:
         valid_split: The validation split when the trainer sets it (``None`` otherwise), for
             methods whose stage-level decisions use validation scores (e.g. UDI's anchor).
         scaler: ``torch.amp.GradScaler`` when fp16 AMP is on.
+        grad_hook: Called with a group's parameters right before its optimiser step (after
+            accumulation, before unscaling and clipping); distributed training all-reduces
+            gradients here. ``None`` outside distributed runs.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class StepContext:
         self.steps_taken = 0
         self.amp_dtype: torch.dtype | None = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.grad_hook: Callable[[list[nn.Parameter]], None] | None = None
         if train.amp and device.type == "cuda":
             bf16 = torch.cuda.is_bf16_supported()
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
@@ -128,6 +132,8 @@ class StepContext:
         if not self.will_step:
             return
         opt = self.optimizers[group]
+        if self.grad_hook is not None:
+            self.grad_hook(self.group_params[group])
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if self.train.clip_norm > 0:

@@ -57,6 +57,11 @@ class Trainer:
         run_dir: Folder for config, history, checkpoints and metrics (``None``: in memory).
         resume: Continue from ``run_dir/last.pt`` when present.
         config: Resolved configuration written to ``run_dir/config.json``.
+
+    Attributes:
+        writer: Whether this process writes to ``run_dir`` (only rank 0 does in distributed
+            runs; every rank still reads ``last.pt`` to resume).
+        grad_hook: Passed to :attr:`StepContext.grad_hook` (gradient all-reduce).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
         self.config = config or {}
+        self.writer = True
+        self.grad_hook: Any = None
 
     # ----- helpers ------------------------------------------------------------------------
     def _activate(self, ctx: StepContext, stage: Any, mode: str) -> dict[str, Any]:
@@ -99,8 +106,13 @@ class Trainer:
         ctx.stage = stage
         return scheds
 
+    def _make_loader(self, split: Any, generator: torch.Generator) -> BatchLoader:
+        # Distributed training overrides this to shard each epoch's permutation by rank.
+        return BatchLoader(split, self.train.batch_size, shuffle=True, generator=generator,
+                           drop_last=len(split) > self.train.batch_size)
+
     def _save(self, name: str, obj: Any) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writer:
             atomic_save(obj, self.run_dir / name)
 
     # ----- main loop ----------------------------------------------------------------------
@@ -116,6 +128,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(tr.seed)
         ctx = StepContext(tr, device, data.train, gen)
         ctx.valid_split = data.valid
+        ctx.grad_hook = self.grad_hook
         sel_name, mode = selection_metric(data.info.kind, tr.select_metric)
         stages = method.stages(tr)
         history: list[dict[str, Any]] = []
@@ -123,7 +136,8 @@ class Trainer:
         ckpt = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.config, self.run_dir / "config.json")
+            if self.writer:
+                write_json(self.config, self.run_dir / "config.json")
             last = self.run_dir / "last.pt"
             if self.resume and last.exists():
                 ckpt = load_checkpoint(last, device)
@@ -162,8 +176,7 @@ class Trainer:
                 best = _Best()
                 ctx.stage_epoch = 0
                 method.on_stage_start(stage, ctx)
-            loader = BatchLoader(data.train, tr.batch_size, shuffle=True, generator=gen,
-                                 drop_last=len(data.train) > tr.batch_size)
+            loader = self._make_loader(data.train, gen)
             for e in range(first, n_epochs):
                 ctx.stage_epoch = e
                 t0 = time.perf_counter()
@@ -249,7 +262,7 @@ class Trainer:
     def _checkpoint(self, method: Any, ctx: StepContext, scheds: dict[str, Any],
                     history: list[dict[str, Any]], best: _Best, stage_index: int,
                     stage_epoch: int) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writer:
             return
         self._save("last.pt", {
             "method": method.state_dict(),
@@ -272,7 +285,7 @@ class Trainer:
         valid = evaluate(method, data.valid, data.info)
         test = evaluate(method, data.test, data.info)
         timings = {"train_seconds": t_train}
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writer:
             self._save("model.pt", method.state_dict())
             write_json({"valid": valid, "test": test, "timings": timings},
                        self.run_dir / "metrics.json")

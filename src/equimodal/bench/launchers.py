@@ -1,0 +1,184 @@
+"""Where jobs run: in-process, a local pool of spawned worker processes, or a Ray cluster.
+
+Every launcher takes the same :class:`~equimodal.bench.jobs.JobSpec` list and calls
+``on_result(record)`` in the orchestrating process as each job ends, so the results store
+has a single writer whatever the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any, Protocol
+
+from equimodal.bench.jobs import FAILED, JobSpec, run_job, run_job_dict
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[dict[str, Any]], None]
+
+
+class Launcher(Protocol):
+    """Runs job specs and reports each record as it finishes."""
+
+    def run(self, specs: Sequence[JobSpec], on_result: OnResult) -> None:
+        """Run every spec; call ``on_result`` once per spec."""
+
+
+def default_threads(workers: int) -> int:
+    """Threads per worker so ``workers x threads`` does not exceed the visible cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    return max(1, cores // max(workers, 1))
+
+
+def _lost(spec: JobSpec, err: BaseException) -> dict[str, Any]:
+    # The worker itself died (killed, out of memory, segfault): record, keep going.
+    cfg = spec.cfg
+    return {"run_id": spec.run_id, "method": cfg["method"], "dataset": cfg["dataset"],
+            "label": spec.label, "seed": int(cfg["train"]["seed"]), "run_dir": spec.run_dir,
+            "config": cfg, "status": FAILED,
+            "reason": f"worker lost: {type(err).__name__}: {err}", "traceback": ""}
+
+
+class InlineLauncher:
+    """Run jobs one after another in this process (``--workers 1``; debugging)."""
+
+    def run(self, specs: Sequence[JobSpec], on_result: OnResult) -> None:
+        """Run every spec in order."""
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            for spec in specs:
+                on_result(run_job(spec))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _init_worker() -> None:
+    # Workers log warnings only; the orchestrator reports progress.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+class LocalLauncher:
+    """A pool of ``workers`` spawned processes on this machine.
+
+    The ``spawn`` start method gives each worker a fresh interpreter (no forked torch
+    thread pools or CUDA state); each job sets ``torch.set_num_threads(spec.threads)``.
+
+    Args:
+        workers: Worker processes.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def run(self, specs: Sequence[JobSpec], on_result: OnResult) -> None:
+        """Submit every spec and report records in completion order."""
+        if not specs:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(specs)), mp_context=ctx,
+                                   initializer=_init_worker)
+        futures: dict[Future[dict[str, Any]], JobSpec] = {}
+        try:
+            for spec in specs:
+                futures[pool.submit(run_job_dict, dataclasses.asdict(spec))] = spec
+            for fut in as_completed(futures):
+                try:
+                    record = fut.result()
+                except Exception as err:  # noqa: BLE001 - BrokenProcessPool and friends
+                    record = _lost(futures[fut], err)
+                on_result(record)
+        except BaseException:
+            # Ctrl-C or a failing callback: stop queued jobs; running ones resume next time
+            # from their checkpoints.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+class RayLauncher:
+    """Run jobs as Ray tasks (a running cluster, or a local instance started here).
+
+    Workers must have ``equimodal`` installed and see the run folders at the same path (a
+    shared filesystem on a cluster).
+
+    Args:
+        address: Cluster address (``auto``, ``ray://host:10001``) or ``None`` for a local
+            instance.
+        threads: CPUs reserved per task (also its ``torch.set_num_threads``).
+        gpus: GPUs reserved per task.
+        num_cpus: CPUs of a local instance (``None``: all).
+    """
+
+    def __init__(self, address: str | None = None, threads: int = 1, gpus: float = 0.0,
+                 num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("the Ray backend needs ray: pip install 'equimodal[ray]'") from err
+        self.ray = ray
+        self.address = address
+        self.threads = max(1, threads)
+        self.gpus = gpus
+        self.num_cpus = num_cpus
+
+    def _init(self) -> bool:
+        if self.ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False,
+                                  "log_to_driver": False}
+        if self.address is None and self.num_cpus is not None:
+            kwargs["num_cpus"] = self.num_cpus
+        self.ray.init(**kwargs)
+        return True
+
+    def run(self, specs: Sequence[JobSpec], on_result: OnResult) -> None:
+        """Submit every spec as a task and report records in completion order."""
+        if not specs:
+            return
+        ray = self.ray
+        started = self._init()
+        try:
+            task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus,
+                              max_retries=0)(run_job_dict)
+            pending = {task.remote(dataclasses.asdict(s)): s for s in specs}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(done[0])
+                try:
+                    record = ray.get(done[0])
+                except Exception as err:  # noqa: BLE001 - a crashed Ray worker
+                    record = _lost(spec, err)
+                on_result(record)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def make_launcher(backend: str, workers: int, threads: int, address: str | None = None,
+                  gpus: float = 0.0) -> Launcher:
+    """Build a launcher by name.
+
+    Args:
+        backend: ``local`` or ``ray``.
+        workers: Local worker processes (``1`` runs in this process); for Ray, the CPUs of
+            a local instance.
+        threads: Threads (Ray: CPUs) per job.
+        address: Ray cluster address.
+        gpus: GPUs per Ray task.
+    """
+    if backend == "local":
+        return InlineLauncher() if workers <= 1 else LocalLauncher(workers)
+    if backend == "ray":
+        return RayLauncher(address, threads, gpus, num_cpus=None if address else
+                           max(workers, 1) * threads)
+    raise ValueError(f"unknown backend {backend!r}; use local or ray")

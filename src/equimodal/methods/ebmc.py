@@ -1,0 +1,464 @@
+"""EBMC: Enhance-then-Balance Modality Collaboration (He et al., 2025).
+
+Stage I ("enhance") trains the task loss with Modality Semantic Disentanglement (MSD,
+Eq. 1-5) and Cross-modal Complementary Enhancement (CCE, Eq. 6-7). At the start of stage II
+("balance") the selected stage-I network is frozen as the teacher; stage II adds
+Energy-guided Modality Coordination (EMC, Eq. 8-12: energy gap + energy-gradient penalty by
+double backpropagation) and Instance-aware Modality Trust Distillation (IMTD, Eq. 13-16).
+The objective is Eq. 17: ``L_task + zeta L_MSD + beta L_CCE + gamma L_EMC + eta L_IMTD``.
+
+Regression: each ``T_m`` predicts a Laplace (L1 task loss) or Gaussian (MSE) distribution
+from ``(mean, log_scale)``; the scale is fitted by its negative log-likelihood with the mean
+detached (added to ``L_uni``). Its entropy is ``u_m`` (Eq. 9), its variance the teacher
+variance of Eq. 13-14, and the distillation divergence between the student's
+``N(f, tau)`` and the teacher's ``N(mu_m, tau)`` is ``(f - mu_m)^2 / (2 tau)``.
+
+Readings of the paper where it is ambiguous: the fused head ``f`` sees the encoder features
+``z_m`` and Eq. 7's task term swaps in one enhanced ``z~_m`` at a time; ``z_m`` in Eq. 8 is
+the encoder feature; energies are per-sample and ``E(m)`` is their mean; the penalty of
+Eq. 12 is the mean per-sample squared gradient norm (batch-size free); L_gap sums unordered
+pairs (Eq. 27); L_inv and L_dis are averaged over samples; the teacher ``T_m`` of IMTD is
+the whole selected stage-I network (encoder, ``D_m^s``, ``T_m``); absent modalities get
+zero trust and are left out of every per-modality average.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from equimodal.config import ModelConfig, TrainConfig
+from equimodal.losses.distill import (
+    categorical_kl,
+    categorical_variance,
+    regression_entropy,
+    regression_scale_nll,
+    regression_variance,
+    trust_weights,
+    weighted_distillation,
+)
+from equimodal.losses.energy import (
+    categorical_entropy,
+    energy_gap_loss,
+    energy_gradient_penalty,
+    masked_mean,
+    modality_energy,
+    squared_norm,
+)
+from equimodal.losses.nce import info_nce
+from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
+from equimodal.methods.ebmc_modules import EBMCNet, FrozenSnapshot, modality_contribution
+from equimodal.models.multimodal import build_multimodal_model
+from equimodal.registry import register_method
+from equimodal.types import Batch, ModelOutput, TaskInfo
+
+if TYPE_CHECKING:
+    from equimodal.engine.context import StepContext
+
+log = logging.getLogger(__name__)
+
+STAGE1 = "enhance"
+STAGE2 = "balance"
+
+
+@dataclass
+class EBMCConfig(MethodConfig):
+    """EBMC hyper-parameters (paper defaults; reference-code values in brackets).
+
+    Attributes:
+        stage1_epochs: Stage-I epochs (``None``: half of ``train.epochs``; paper 100-150).
+        stage2_epochs: Stage-II epochs (``None``: the rest of ``train.epochs``).
+        stage2_keep_enhancement: Keep the MSD and CCE terms of Eq. 17 in stage II.
+        zeta: Weight of L_MSD in Eq. 17.
+        beta: Weight of L_CCE in Eq. 17.
+        gamma: Weight of L_EMC in Eq. 17.
+        eta: Weight of L_IMTD in Eq. 17.
+        use_msd: MSD on (Table 4 "w/o MSD" = False: no D^c/D^s, no L_inv/L_dis; the
+            unimodal predictors T_m stay, on z_m, because EMC and IMTD need them).
+        lambda1: Weight of L_dis in Eq. 5.
+        lambda2: Weight of L_uni in Eq. 5.
+        nce_temperature: InfoNCE temperature of Eq. 2 (paper silent; reference 0.05).
+        dis_form: ``cosine`` (Eq. 3) or ``cosine_sq`` (reference: mean pairwise cos^2).
+        use_cce: CCE on (Table 4 "w/o CCE" = False).
+        cce_generator: ``per_modality`` G_m over all parts (Eq. 6) or one ``shared`` network
+            over [other shared part; own specific part] (reference).
+        cce_gamma: Weight of the task term inside Eq. 7 (paper reuses gamma = 0.1).
+        cce_task_term: ``task`` = loss of f(z~_m, z_-m) (Eq. 7) or ``head_l1`` = L1 between
+            f's outputs on z_m and on z~_m (reference).
+        cce_noise_std: Std of the stochastic perturbation epsilon of Eq. 6 (training only).
+        cce_detach_target: Stop gradients into the reconstruction target z_m (reference).
+        cce_impute_missing: Use z~_m in place of an absent modality's features.
+        cce_own_dropout: Probability of hiding a sample's own parts from G_m in training.
+        use_emc: EMC on (Table 4 "w/o EMC" = False).
+        use_energy_norm: The alpha ||z_m||^2 term of Eq. 8 (Table 7).
+        use_energy_loss: The beta l_m term of Eq. 8 (Table 7).
+        use_energy_uncertainty: The gamma u_m term of Eq. 8 (Table 7).
+        energy_alpha: alpha of Eq. 8 (paper silent; reference 1).
+        energy_beta: beta of Eq. 8 (paper reuses beta = 0.1; reference 1).
+        energy_gamma: gamma of Eq. 8 (paper reuses gamma = 0.1; reference 1).
+        delta: Weight of the energy-gradient penalty of Eq. 12 (paper silent; reference 0.01).
+        grad_penalty: ``full`` = ||dE(m)/dz_m||^2 (Eq. 12) or ``norm_only`` = gradient of the
+            norm term only (reference).
+        sq_norm_reduction: ``sum`` (||.||_2^2, paper) or ``mean`` over features (reference)
+            for Eq. 7's reconstruction and Eq. 8's norm term.
+        uncertainty_source: u_m from the ``student``'s T_m (Eq. 37 differentiates it) or
+            the frozen ``teacher`` (reference).
+        use_imtd: IMTD on (Table 4 "w/o IMTD" = False).
+        tau: Distillation temperature of Eq. 16 (paper silent; reference 1).
+        imtd_uncertainty: ``variance``: sigma = ||sigma^2||_1 = the teacher's predictive
+            variance (Eq. 13-14); ``reference``: sigma = entropy (classification) or
+            |mu_m - mean_k mu_k| (regression), spread = sigma^2.
+        rho_offset: Added to log(1 + ||sigma^2||_1) in Eq. 14 (paper 0; reference 0.1).
+        kl_direction: ``student_teacher`` = KL(student || teacher) (Eq. 16) or
+            ``teacher_student`` (usual distillation).
+        tau_sq_scale: Multiply L_IMTD by tau^2 (reference).
+        regression_loss: ``l1`` (MSA convention) or ``mse``.
+        contribution_samples: Training samples used for the per-epoch contribution metric.
+    """
+
+    stage1_epochs: int | None = None
+    stage2_epochs: int | None = None
+    stage2_keep_enhancement: bool = True
+    zeta: float = 0.5
+    beta: float = 0.1
+    gamma: float = 0.1
+    eta: float = 0.1
+    use_msd: bool = True
+    lambda1: float = 0.1
+    lambda2: float = 0.1
+    nce_temperature: float = 0.05
+    dis_form: str = "cosine"
+    use_cce: bool = True
+    cce_generator: str = "per_modality"
+    cce_gamma: float = 0.1
+    cce_task_term: str = "task"
+    cce_noise_std: float = 0.1
+    cce_detach_target: bool = True
+    cce_impute_missing: bool = False
+    cce_own_dropout: float = 0.0
+    use_emc: bool = True
+    use_energy_norm: bool = True
+    use_energy_loss: bool = True
+    use_energy_uncertainty: bool = True
+    energy_alpha: float = 1.0
+    energy_beta: float = 0.1
+    energy_gamma: float = 0.1
+    delta: float = 0.01
+    grad_penalty: str = "full"
+    sq_norm_reduction: str = "sum"
+    uncertainty_source: str = "student"
+    use_imtd: bool = True
+    tau: float = 1.0
+    imtd_uncertainty: str = "variance"
+    rho_offset: float = 0.0
+    kl_direction: str = "student_teacher"
+    tau_sq_scale: bool = False
+    regression_loss: str = "l1"
+    contribution_samples: int = 1024
+
+
+_CHOICES = {
+    "dis_form": ("cosine", "cosine_sq"),
+    "cce_generator": ("per_modality", "shared"),
+    "cce_task_term": ("task", "head_l1"),
+    "grad_penalty": ("full", "norm_only"),
+    "sq_norm_reduction": ("sum", "mean"),
+    "uncertainty_source": ("student", "teacher"),
+    "imtd_uncertainty": ("variance", "reference"),
+    "kl_direction": ("student_teacher", "teacher_student"),
+    "regression_loss": ("l1", "mse"),
+}
+
+
+def validate_config(cfg: EBMCConfig) -> None:
+    """Raise ``ValueError`` naming the field for an invalid :class:`EBMCConfig`."""
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"ebmc: {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    for name in ("zeta", "beta", "gamma", "eta", "lambda1", "lambda2", "cce_gamma",
+                 "cce_noise_std", "energy_alpha", "energy_beta", "energy_gamma", "delta",
+                 "rho_offset"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"ebmc: {name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("nce_temperature", "tau"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"ebmc: {name} must be > 0, got {getattr(cfg, name)}")
+    for name in ("stage1_epochs", "stage2_epochs"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise ValueError(f"ebmc: {name} must be >= 0 or None, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.cce_own_dropout < 1.0:
+        raise ValueError(f"ebmc: cce_own_dropout must be in [0, 1), got {cfg.cce_own_dropout}")
+    if cfg.use_emc and not (cfg.use_energy_norm or cfg.use_energy_loss
+                            or cfg.use_energy_uncertainty):
+        raise ValueError("ebmc: use_emc needs at least one energy term (use_energy_*)")
+
+
+def _log_scale(t: Tensor) -> Tensor:
+    """The log-scale output of a regression ``T_m``, clamped so ``exp`` stays finite."""
+    return t[..., 1].clamp(-10.0, 10.0)
+
+
+@register_method("ebmc")
+class EBMC(Method):
+    """EBMC: disentangle + enhance (stage I), energy balance + trust distillation (stage II)."""
+
+    Config = EBMCConfig
+    capabilities = Capabilities(tasks=("classification", "regression"), min_modalities=2)
+    paper = "He et al., Enhance-then-Balance Modality Collaboration for Robust MSA, 2025"
+    family = "objective"
+
+    @classmethod
+    def check_task(cls, info: TaskInfo, cfg: Any) -> None:
+        """Also validate the config."""
+        super().check_task(info, cfg)
+        validate_config(cfg)
+
+    @classmethod
+    def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
+        """Generic encoders + fusion head ``f``, wrapped with MSD, ``T_m`` and CCE."""
+        backbone = build_multimodal_model(info, model_cfg)
+        uni_out = info.num_outputs if info.kind == "classification" else 2
+        return EBMCNet(
+            backbone, model_cfg.hidden, uni_out, cfg.use_msd, cfg.use_cce, cfg.cce_generator,
+            cfg.cce_noise_std, cfg.cce_own_dropout, cfg.cce_impute_missing,
+        )
+
+    def __init__(self, model: nn.Module, info: TaskInfo, cfg: EBMCConfig) -> None:
+        super().__init__(model, info, cfg)
+        # Buffers only: restored from checkpoints, in no optimiser group.
+        self.teacher = FrozenSnapshot(model)
+        self.family_name = "laplace" if cfg.regression_loss == "l1" else "gaussian"
+
+    @property
+    def net(self) -> EBMCNet:
+        """The student network (``self.model``, typed)."""
+        net: EBMCNet = self.model  # type: ignore[assignment]
+        return net
+
+    # ----- schedule -----------------------------------------------------------------------
+    def stage_epochs(self, train: TrainConfig) -> tuple[int, int]:
+        """Epochs of stage I and II (defaults split ``train.epochs`` in halves)."""
+        s1 = self.cfg.stage1_epochs
+        if s1 is None:
+            s1 = max(1, train.epochs // 2)
+        s2 = self.cfg.stage2_epochs
+        if s2 is None:
+            s2 = max(1, train.epochs - s1)
+        return s1, s2
+
+    def stages(self, train: TrainConfig) -> list[Stage]:
+        """Stage I (MSD + CCE) then stage II (+ EMC + IMTD), each selected on validation."""
+        s1, s2 = self.stage_epochs(train)
+        return [Stage(STAGE1, s1), Stage(STAGE2, s2)]
+
+    def param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
+        """One ``main`` group: the student network (the teacher holds buffers only)."""
+        return {"main": list(self.net.parameters())}
+
+    def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
+        """Freeze the selected stage-I network as the teacher when stage II starts."""
+        if stage.name == STAGE2:
+            self.teacher.copy_from(self.net)
+            log.info("ebmc: stage-I model frozen as the teacher")
+
+    # ----- losses -------------------------------------------------------------------------
+    def _teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        if not bool(self.teacher.ready):
+            # Only reachable when stage II did not start through on_stage_start.
+            log.warning("ebmc: teacher missing at stage II; snapshotting the current model")
+            self.teacher.copy_from(self.net)
+        out: ModelOutput = self.teacher.run(batch, unimodal_only=True)
+        return {n: out.extras[f"t/{n}"] for n in self.info.modality_names}
+
+    def _uni_per_sample(self, t: Tensor, target: Tensor) -> Tensor:
+        """Per-sample task loss of a ``T_m`` output (regression: on its mean)."""
+        if self.info.kind == "regression":
+            return self.task_loss(t[:, :1], target, reduction="none")
+        return self.task_loss(t, target, reduction="none")
+
+    def _uncertainty(self, t: Tensor) -> Tensor:
+        """``u_m`` per sample: entropy of ``T_m``'s predictive distribution (Eq. 9)."""
+        if self.info.kind == "regression":
+            return regression_entropy(_log_scale(t), self.family_name)
+        return categorical_entropy(t)
+
+    def _msd_loss(self, batch: Batch, out: ModelOutput, uni: dict[str, Tensor],
+                  parts: dict[str, Tensor]) -> Tensor:
+        """Eq. 5: ``L_inv + lambda1 L_dis + lambda2 L_uni`` (only L_uni without MSD)."""
+        cfg, names = self.cfg, self.info.modality_names
+        pres = {n: batch.present[n] for n in names}
+        l_uni = out.logits.new_zeros(())
+        for n in names:
+            l_uni = l_uni + masked_mean(uni[n], pres[n])
+            if self.info.kind == "regression":
+                t = out.extras[f"t/{n}"]
+                nll = regression_scale_nll(t[:, 0], _log_scale(t), batch.target,
+                                           self.family_name)
+                l_uni = l_uni + masked_mean(nll, pres[n])
+        l_uni = l_uni / len(names)
+        parts["msd/uni"] = l_uni.detach()
+        if not cfg.use_msd:
+            return cfg.lambda2 * l_uni
+        zc = {n: out.extras[f"zc/{n}"] for n in names}
+        zs = {n: out.extras[f"zs/{n}"] for n in names}
+        w = torch.stack([pres[n].to(out.logits.dtype) for n in names], 1)  # [B, M]
+        agg = sum((zc[n] * w[:, j : j + 1] for j, n in enumerate(names)),
+                  torch.zeros_like(zc[names[0]])) / w.sum(1, keepdim=True).clamp_min(1.0)
+        # Eq. 2: each modality's shared part against the aggregated shared anchor.
+        l_inv = torch.stack([info_nce(zc[n], agg, cfg.nce_temperature, mask=pres[n])
+                             for n in names]).mean()
+        # Eq. 3: similarity of specific parts over ordered pairs of different modalities,
+        # each pair averaged over the samples that have both.
+        unit = F.normalize(torch.stack([zs[n] for n in names], 1), dim=-1, eps=1e-8)
+        cos = unit @ unit.transpose(1, 2)  # [B, M, M]
+        cos = cos.pow(2) if cfg.dis_form == "cosine_sq" else cos
+        eye = torch.eye(len(names), dtype=torch.bool, device=cos.device)
+        both = (w[:, :, None] * w[:, None, :]).masked_fill(eye, 0.0)
+        l_dis = ((cos * both).sum(0) / both.sum(0).clamp_min(1.0)).sum()
+        parts["msd/inv"], parts["msd/dis"] = l_inv.detach(), l_dis.detach()
+        return l_inv + cfg.lambda1 * l_dis + cfg.lambda2 * l_uni
+
+    def _cce_loss(self, batch: Batch, out: ModelOutput, parts: dict[str, Tensor]) -> Tensor:
+        """Eq. 7 averaged over modalities: reconstruction + ``cce_gamma`` x task term."""
+        cfg, names = self.cfg, self.info.modality_names
+        total = out.logits.new_zeros(())
+        for n in names:
+            zt, z = out.extras[f"zt/{n}"], out.features[n]
+            target = z.detach() if cfg.cce_detach_target else z
+            rec = masked_mean(squared_norm(zt - target, cfg.sq_norm_reduction), batch.present[n])
+            feats = dict(out.features)
+            feats[n] = zt
+            swapped = self.net.backbone.fuse(batch, feats).logits
+            if cfg.cce_task_term == "task":
+                aux = self.task_loss(swapped, batch.target)
+            else:
+                aux = (swapped - out.logits).abs().mean()
+            total = total + rec + cfg.cce_gamma * aux
+            parts[f"cce/rec/{n}"] = rec.detach()
+        return total / len(names)
+
+    def _emc_loss(self, batch: Batch, out: ModelOutput, uni: dict[str, Tensor],
+                  teacher: dict[str, Tensor] | None, parts: dict[str, Tensor]) -> Tensor:
+        """Eq. 12: ``L_gap + delta sum_m mean_i ||d e_m^i / d z_m^i||^2``."""
+        cfg, names = self.cfg, self.info.modality_names
+        energies, per_sample, zs = [], [], []
+        for n in names:
+            z, t = out.features[n], out.extras[f"t/{n}"]
+            u = None
+            if cfg.use_energy_uncertainty:
+                u = self._uncertainty(teacher[n] if teacher is not None else t)
+            e = modality_energy(
+                z if cfg.use_energy_norm else None, uni[n] if cfg.use_energy_loss else None, u,
+                cfg.energy_alpha, cfg.energy_beta, cfg.energy_gamma, cfg.sq_norm_reduction,
+            )
+            per_sample.append(e)
+            zs.append(z)
+            if bool(batch.present[n].any()):
+                energies.append(masked_mean(e, batch.present[n]))
+                parts[f"energy/{n}"] = energies[-1].detach()
+        gap = energy_gap_loss(torch.stack(energies))
+        pen = out.logits.new_zeros(())
+        if cfg.delta > 0 and zs[0].requires_grad:
+            if cfg.grad_penalty == "full":
+                targets = per_sample
+            else:  # gradient of the norm term only
+                targets = [cfg.energy_alpha * squared_norm(z, cfg.sq_norm_reduction)
+                           if cfg.use_energy_norm else z.sum(1) * 0.0 for z in zs]
+            g2 = energy_gradient_penalty(targets, zs, create_graph=True)
+            for n, g in zip(names, g2, strict=True):
+                pen = pen + masked_mean(g, batch.present[n])
+        parts["emc/gap"], parts["emc/penalty"] = gap.detach(), pen.detach()
+        return gap + cfg.delta * pen
+
+    def _imtd_loss(self, batch: Batch, out: ModelOutput, teacher: dict[str, Tensor],
+                   parts: dict[str, Tensor]) -> Tensor:
+        """Eq. 16: trust-weighted divergence between the fused student and each teacher."""
+        cfg, names = self.cfg, self.info.modality_names
+        present = torch.stack([batch.present[n] for n in names], 1)
+        t = torch.stack([teacher[n] for n in names], 1)  # [B, M, K]
+        if self.info.kind == "regression":
+            mu = t[..., 0]
+            if cfg.imtd_uncertainty == "variance":
+                sigma = regression_variance(_log_scale(t), self.family_name)
+                spread = sigma
+            else:
+                w = present.to(mu.dtype)
+                mean = (mu * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+                sigma = (mu - mean).abs()
+                spread = sigma.pow(2)
+            student = out.logits.reshape(-1, 1)
+            div = (student - mu).pow(2) / (2.0 * cfg.tau)
+        else:
+            if cfg.imtd_uncertainty == "variance":
+                sigma = torch.stack([categorical_variance(t[:, j], cfg.tau)
+                                     for j in range(len(names))], 1)
+                spread = sigma
+            else:
+                sigma = torch.stack([categorical_entropy(t[:, j], cfg.tau)
+                                     for j in range(len(names))], 1)
+                spread = sigma.pow(2)
+            cols = []
+            for j in range(len(names)):
+                if cfg.kl_direction == "student_teacher":
+                    cols.append(categorical_kl(out.logits, t[:, j], cfg.tau))
+                else:
+                    cols.append(categorical_kl(t[:, j], out.logits, cfg.tau))
+            div = torch.stack(cols, 1)
+        alpha = trust_weights(sigma, spread, present, cfg.rho_offset)
+        loss = weighted_distillation(div, alpha)
+        if cfg.tau_sq_scale:
+            loss = loss * cfg.tau**2
+        for j, n in enumerate(names):
+            parts[f"trust/{n}"] = alpha[:, j].mean().detach()
+        return loss
+
+    def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
+        """Eq. 17 for the current stage; named parts are logged."""
+        cfg = self.cfg
+        stage2 = getattr(ctx.stage, "name", STAGE1) == STAGE2
+        parts: dict[str, Tensor] = {}
+        task = self.task_loss(out.logits, batch.target)
+        parts["task"] = task.detach()
+        total = task
+        names = self.info.modality_names
+        uni = {n: self._uni_per_sample(out.extras[f"t/{n}"], batch.target) for n in names}
+        terms: dict[str, tuple[float, Tensor]] = {}
+        if not stage2 or cfg.stage2_keep_enhancement:
+            terms["msd"] = (cfg.zeta, self._msd_loss(batch, out, uni, parts))
+            if cfg.use_cce:
+                terms["cce"] = (cfg.beta, self._cce_loss(batch, out, parts))
+        if stage2:
+            need_teacher = cfg.use_imtd or (
+                cfg.use_emc and cfg.use_energy_uncertainty and cfg.uncertainty_source == "teacher"
+            )
+            teacher = self._teacher_outputs(batch) if need_teacher else None
+            if cfg.use_emc:
+                emc_teacher = teacher if cfg.uncertainty_source == "teacher" else None
+                terms["emc"] = (cfg.gamma, self._emc_loss(batch, out, uni, emc_teacher, parts))
+            if cfg.use_imtd and teacher is not None:
+                terms["imtd"] = (cfg.eta, self._imtd_loss(batch, out, teacher, parts))
+        for name, (weight, value) in terms.items():
+            total = total + weight * value
+            parts[name] = value.detach()
+        parts["loss"] = total
+        return parts
+
+    # ----- diagnostics --------------------------------------------------------------------
+    def contribution(self, batches: Iterable[Batch], max_samples: int | None = None
+                     ) -> dict[str, float]:
+        """Share of each modality in the fused prediction (Fig. 4); see
+        :func:`~equimodal.methods.ebmc_modules.modality_contribution`."""
+        return modality_contribution(self, batches, max_samples)
+
+    def on_epoch_end(self, ctx: StepContext) -> dict[str, float]:
+        """Log each modality's contribution (Fig. 4) on up to ``contribution_samples``."""
+        if self.cfg.contribution_samples <= 0:
+            return {}
+        shares = self.contribution(ctx.iter_train(), self.cfg.contribution_samples)
+        return {f"contribution/{n}": v for n, v in shares.items()}

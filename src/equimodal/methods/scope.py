@@ -1,0 +1,362 @@
+"""SCOPE: shared-and-complementary cue preservation against modality laziness.
+
+Yang, Zhang, Hong, Yuan, "SCOPE: Preserving Modality-Specific Cues to Mitigate Modality
+Laziness in Multimodal Learning". Four components, each with an ablation switch:
+
+* AFR (Sec. 4.1): per-modality self-attention then cross-modal attention (8 heads) giving
+  refined features ``h^m`` and per-sample modality weights ``rho`` (``use_sa``, ``use_ca``).
+* MID (Eq. 3 and its similarity surrogate): ``L_dis = L_sim + L_diff`` over all modality
+  pairs, cosine similarity (``use_mid``).
+* SCA (Eq. 4-6, Theorem 1): a parameter-free k-NN semantic graph per modality per
+  mini-batch and ``L_align`` between graphs (``use_align``).
+* BF (Sec. 4.3): ``h = sum rho^m h^m``, ``G = sum rho^m G^m``, graph-masked attention over
+  samples, diffusion ``sum_t xi (1 - xi)^t A^t`` truncated at ``T`` and ``h <- h + A~ h``
+  (``fusion``: ``diffusion``; ``gat_stack`` = Table 5 baseline; ``mlp`` = Table 6 "w/o SCA";
+  ``mean`` = Table 6 "w/o BF").
+
+The total loss is ``phi_dis L_dis + phi_align L_align + phi_pred L_pred`` with ``phi`` from
+a lightweight MLP on the current loss values (Sec. 4.4; ``loss_weighting``). Balanced
+fusion attends across samples; at inference each test sample is attached to a reference
+bank of training embeddings (refreshed at the end of every epoch, kept in buffers), so
+predictions do not depend on how the test set is batched.
+
+Readings of the paper (each an option, the paper's reading by default where it has one):
+the k-NN graph excludes self-loops and its rows are renormalised after choosing lambda at
+Theorem 1's lower bound (the lower bound alone does not meet ``sum_j g_ij = 1``);
+``softmax(M * A')`` is read as a softmax restricted to the edges (``attention_mask``);
+the truncated diffusion coefficients are renormalised so ``A~`` stays row-stochastic;
+``rho`` is per sample (attention received by each modality in cross-attention); ``xi``
+is not given in the paper (0.1 here).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from equimodal.config import ModelConfig
+from equimodal.data.dataset import MultimodalSplit
+from equimodal.losses.disentangle import REDUCTIONS, similarity_surrogate
+from equimodal.losses.graphs import LAMBDA_MODES, dirichlet_energy, graph_alignment_loss
+from equimodal.methods.base import ALL_TASKS, Capabilities, Method, MethodConfig
+from equimodal.methods.scope_modules import (
+    FUSIONS,
+    GRAPH_FUSIONS,
+    ScopeNet,
+)
+from equimodal.registry import register_method
+from equimodal.types import Batch, ModelOutput, TaskInfo
+
+if TYPE_CHECKING:
+    from equimodal.engine.context import StepContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScopeConfig(MethodConfig):
+    """SCOPE settings (paper defaults where stated: k = 30 = B/2, T = 3, 8 heads).
+
+    Attributes:
+        k: Neighbours per node of the semantic graphs (paper 30 = half of batch 60);
+            ``None`` = half of each mini-batch. Adapts to small batches (at most B - 1).
+        graph_lambda: ``lower_bound`` (Theorem 1's closed form, rows renormalised to sum
+            to 1) or ``exact`` (bisection for the multiplier that solves Eq. 4 exactly).
+        diffusion_steps: Truncation step T of the diffusion series (paper 3); also the depth
+            of the ``gat_stack`` baseline.
+        xi: Diffusion decay ``xi`` in (0, 1) (not given in the paper; 0.1 as in the public
+            hop-diffused attention of Graph4MM, which Sec. 4.3 cites).
+        heads: Attention heads of self- and cross-attention (paper 8; ``gcd(heads, hidden)``
+            when it does not divide ``ModelConfig.hidden``).
+        use_sa: AFR self-attention (Fig. 4 "SA").
+        use_ca: AFR cross-attention, which also yields ``rho`` (Fig. 4 "CA"); without it
+            ``rho`` is uniform over the present modalities.
+        use_mid: MI-guided disentanglement ``L_dis`` (Table 6 "MID").
+        use_align: Structure-consistent alignment ``L_align`` (Table 6 "SCA", together with
+            ``fusion="mlp"``).
+        fusion: ``diffusion`` (BF), ``gat_stack`` (Table 5 baseline: T stacked GAT-style
+            layers), ``mlp`` (standard MLP on concatenated ``h^m``, Table 6 "w/o SCA") or
+            ``mean`` (mean of ``h^m`` over modalities, Table 6 "w/o BF").
+        attention_mask: ``masked`` (softmax over graph edges, the stated intent) or
+            ``literal`` (``softmax(M * A')`` as printed, which leaves non-edges weight 1).
+        dis_reduction: ``sum`` (paper's sums over samples and pairs) or ``mean``.
+        loss_weighting: ``mlp`` (Phi on current loss values, softmax-normalised, Sec. 4.4)
+            or ``fixed`` (``fixed_weights``).
+        fixed_weights: Weights of ``(L_dis, L_align, L_pred)`` under ``fixed``.
+        inference: ``bank`` (each test sample joins a reference bank of training
+            embeddings; batch-independent) or ``batch`` (graph over the test mini-batch, as
+            in training; predictions depend on the batching).
+        bank_size: Training samples kept in the reference bank (a fixed seeded subset).
+        bank_k: ``scaled`` (k grows with the bank so a node keeps the same fraction of
+            neighbours, ``k / (B - 1)``, as in training) or ``fixed`` (the training k).
+        bank_seed: Seed choosing the bank subset.
+        unimodal_heads: Linear heads on each modality's refined features (computed with
+            cross-attention restricted to the modality itself) for unimodal scores.
+        unimodal_detach: Unimodal heads are probes: no gradient into the network, so the
+            paper's objective is unchanged.
+        regression_loss: ``l1`` or ``mse`` for regression tasks.
+    """
+
+    k: int | None = 30
+    graph_lambda: str = "lower_bound"
+    diffusion_steps: int = 3
+    xi: float = 0.1
+    heads: int = 8
+    use_sa: bool = True
+    use_ca: bool = True
+    use_mid: bool = True
+    use_align: bool = True
+    fusion: str = "diffusion"
+    attention_mask: str = "masked"
+    dis_reduction: str = "sum"
+    loss_weighting: str = "mlp"
+    fixed_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    inference: str = "bank"
+    bank_size: int = 512
+    bank_k: str = "scaled"
+    bank_seed: int = 0
+    unimodal_heads: bool = True
+    unimodal_detach: bool = True
+    regression_loss: str = "l1"
+
+
+_CHOICES = {
+    "graph_lambda": LAMBDA_MODES,
+    "fusion": FUSIONS,
+    "attention_mask": ("masked", "literal"),
+    "dis_reduction": REDUCTIONS,
+    "loss_weighting": ("mlp", "fixed"),
+    "inference": ("bank", "batch"),
+    "bank_k": ("scaled", "fixed"),
+    "regression_loss": ("l1", "mse"),
+}
+
+#: Table 6 rows as config overrides (``w/o SCA`` also swaps BF for an MLP, as the paper does).
+TABLE6_ABLATIONS: dict[str, dict[str, Any]] = {
+    "w/o AFR & MID": {"use_sa": False, "use_ca": False, "use_mid": False},
+    "w/o AFR": {"use_sa": False, "use_ca": False},
+    "w/o MID": {"use_mid": False},
+    "w/o SCA": {"use_align": False, "fusion": "mlp"},
+    "w/o BF": {"fusion": "mean"},
+    "SCOPE": {},
+}
+
+#: Fig. 4 AFR variants.
+AFR_VARIANTS: dict[str, dict[str, Any]] = {
+    "SA": {"use_sa": True, "use_ca": False},
+    "CA": {"use_sa": False, "use_ca": True},
+    "SA+CA": {"use_sa": True, "use_ca": True},
+}
+
+
+@register_method("scope")
+class Scope(Method):
+    """SCOPE: attention refinement, MI disentanglement, graph alignment, diffusion fusion.
+
+    Yang et al., Eq. 3-6, Theorem 1, Sec. 4.3-4.4."""
+
+    Config = ScopeConfig
+    capabilities = Capabilities(tasks=ALL_TASKS, min_modalities=2)
+    paper = "Yang, Zhang, Hong, Yuan, SCOPE (shared-and-complementary cue preservation)"
+    family = "objective"
+    #: The paper's training settings (Sec. 5.1), for ``TrainConfig(**Scope.recommended_train)``:
+    #: AdamW, initial learning rate 1e-4 "with decay" (read as cosine learning-rate decay;
+    #: AdamW's own default weight decay 0.01), batch 60, 100 epochs.
+    recommended_train: ClassVar[dict[str, Any]] = {
+        "optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "scheduler": "cosine",
+        "batch_size": 60, "epochs": 100,
+    }
+    # Reference-bank buffers (registered in __init__ when inference uses the bank).
+    bank_h: Tensor
+    bank_present: Tensor
+    bank_rho: Tensor
+    bank_count: Tensor
+    bank_k: Tensor
+
+    @classmethod
+    def check_task(cls, info: TaskInfo, cfg: Any) -> None:
+        """Also validate enum and numeric fields."""
+        super().check_task(info, cfg)
+        for name, allowed in _CHOICES.items():
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"scope: {name} must be one of {allowed}, "
+                                 f"got {getattr(cfg, name)!r}")
+        if cfg.k is not None and cfg.k < 1:
+            raise ValueError(f"scope: k must be >= 1 or None, got {cfg.k}")
+        if cfg.diffusion_steps < 0 or not 0.0 < cfg.xi < 1.0:
+            raise ValueError("scope: need diffusion_steps >= 0 and 0 < xi < 1")
+        if len(cfg.fixed_weights) != 3 or cfg.bank_size < 1:
+            raise ValueError("scope: fixed_weights needs 3 values and bank_size >= 1")
+
+    @classmethod
+    def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
+        """The SCOPE network (:class:`ScopeNet`)."""
+        return ScopeNet(info, model_cfg, cfg)
+
+    def __init__(self, model: nn.Module, info: TaskInfo, cfg: Any) -> None:
+        super().__init__(model, info, cfg)
+        self._warned = False
+        self._bank_cache: tuple[tuple[Any, ...], tuple[Tensor, Tensor, list[Tensor]]] | None = None
+        if self.uses_bank:
+            m, d, nb = len(info.modalities), self.net.dim, cfg.bank_size
+            # Fixed shapes so that any instance with the same config loads any state dict.
+            self.register_buffer("bank_h", torch.zeros(m, nb, d))
+            self.register_buffer("bank_present", torch.zeros(m, nb, dtype=torch.bool))
+            self.register_buffer("bank_rho", torch.zeros(nb, m))
+            self.register_buffer("bank_count", torch.tensor(0))
+            self.register_buffer("bank_k", torch.tensor(1))
+
+    @property
+    def net(self) -> ScopeNet:
+        """The network, typed."""
+        assert isinstance(self.model, ScopeNet)
+        return self.model
+
+    @property
+    def uses_bank(self) -> bool:
+        """Whether inference goes through the reference bank."""
+        return self.cfg.fusion in GRAPH_FUSIONS and self.cfg.inference == "bank"
+
+    # ----- forward / inference -------------------------------------------------------------
+    def forward(self, batch: Batch) -> ModelOutput:
+        """In-batch SCOPE (graphs over the mini-batch)."""
+        out: ModelOutput = self.model(batch, need_graphs=self.cfg.use_align)
+        return out
+
+    def predict(self, batch: Batch) -> ModelOutput:
+        """Inference; with ``inference="bank"`` each sample is fused against the bank."""
+        if not self.uses_bank:
+            out: ModelOutput = self.model(batch, need_graphs=False)
+            return out
+        count = int(self.bank_count)
+        if count == 0:
+            if not self._warned:
+                log.warning("scope: reference bank is empty (no epoch finished and no "
+                            "refresh_bank call); falling back to in-batch graphs")
+                self._warned = True
+            out = self.model(batch, need_graphs=False)
+            return out
+        _, _, states = self.bank_context()
+        out = self.net.forward_bank(batch, self.bank_h[:, :count], self.bank_present[:, :count],
+                                    states, int(self.bank_k))
+        return out
+
+    @torch.no_grad()
+    def bank_context(self) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Bank-side graph, edge mask and propagation states (see ``ScopeNet.bank_states``).
+
+        They depend only on the bank and the weights, so they are cached and recomputed
+        when either changes (tensor version counters change on every in-place update:
+        optimiser steps, ``load_state_dict``, :meth:`refresh_bank`).
+        """
+        key = (str(self.bank_h.device), str(self.bank_h.dtype), int(self.bank_count),
+               int(self.bank_k), self.bank_h._version,
+               *(p._version for p in self.model.parameters()))
+        if self._bank_cache is None or self._bank_cache[0] != key:
+            count = int(self.bank_count)
+            ctx = self.net.bank_states(self.bank_h[:, :count], self.bank_present[:, :count],
+                                       self.bank_rho[:count], int(self.bank_k))
+            self._bank_cache = (key, ctx)
+        return self._bank_cache[1]
+
+    @torch.no_grad()
+    def refresh_bank(self, split: MultimodalSplit, train_batch_size: int,
+                     chunk: int = 256) -> None:
+        """Recompute the reference bank from a seeded subset of ``split`` with the current
+        weights (called at every epoch end; call it again after changing weights by hand).
+
+        Args:
+            split: Training split.
+            train_batch_size: Training batch size B (sets the scaled bank k).
+            chunk: Samples per forward pass.
+        """
+        if not self.uses_bank:
+            return
+        was_training = self.training
+        self.eval()
+        n = len(split)
+        nb = min(self.cfg.bank_size, n)
+        gen = torch.Generator().manual_seed(self.cfg.bank_seed)
+        idx = torch.randperm(n, generator=gen)[:nb].sort().values.to(split.target.device)
+        for start in range(0, nb, chunk):
+            part = idx[start:start + chunk]
+            r = self.net.refine(split.batch(part))
+            sl = slice(start, start + part.shape[0])
+            self.bank_h[:, sl] = r.h
+            self.bank_present[:, sl] = r.present
+            self.bank_rho[sl] = r.rho
+        self.bank_count.fill_(nb)
+        b = max(2, int(train_batch_size))
+        k_train = min(self.cfg.k or b // 2, b - 1)
+        k = k_train if self.cfg.bank_k == "fixed" else round(k_train * (nb - 1) / (b - 1))
+        self.bank_k.fill_(max(1, k))
+        self.train(was_training)
+
+    @torch.no_grad()
+    def bank_diagnostics(self) -> dict[str, float]:
+        """Dirichlet energy (Appendix C) over the bank's fused graph of the fused features
+        before balanced fusion (``dirichlet_in``), of the propagated features ``A~ h``
+        (``dirichlet_prop``) and of the output ``h + A~ h`` (``dirichlet_out``)."""
+        count = int(self.bank_count) if self.uses_bank else 0
+        if count < 2:
+            return {}
+        g, _, states = self.bank_context()
+        hbar = states[0]
+        assert self.net.propagate is not None
+        prop = self.net.propagate.bank_output(states)
+        return {"dirichlet_in": float(dirichlet_energy(hbar, g)),
+                "dirichlet_prop": float(dirichlet_energy(prop, g)),
+                "dirichlet_out": float(dirichlet_energy(hbar + prop, g))}
+
+    # ----- objective -----------------------------------------------------------------------
+    def loss_weights(self, parts: Tensor) -> Tensor:
+        """``phi`` for ``(L_dis, L_align, L_pred)``: Phi's softmax (Sec. 4.4) or fixed."""
+        cfg = self.cfg
+        active = torch.tensor([cfg.use_mid, cfg.use_align, True], device=parts.device)
+        if self.net.weighting is not None:
+            phi: Tensor = self.net.weighting(parts, active)
+            return phi
+        fixed = torch.tensor(cfg.fixed_weights, device=parts.device, dtype=parts.dtype)
+        return fixed * active.to(parts.dtype)
+
+    def unimodal_loss(self, batch: Batch, out: ModelOutput) -> Tensor:
+        """Task loss of the unimodal heads on the samples that have each modality."""
+        total = out.logits.sum() * 0
+        for name, logit in out.unimodal_logits.items():
+            w = batch.present[name].to(logit.dtype)
+            per = self.task_loss(logit, batch.target, reduction="none")
+            total = total + (per * w).sum() / w.sum().clamp_min(1.0)
+        return total
+
+    def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
+        """``L = phi_dis L_dis + phi_align L_align + phi_pred L_pred`` (+ unimodal probes)."""
+        cfg, ex = self.cfg, out.extras
+        zero = out.logits.sum() * 0
+        h, present = ex["h"], ex["present"]
+        sim, diff = similarity_surrogate(h, present, cfg.dis_reduction) if cfg.use_mid \
+            else (zero, zero)
+        align = graph_alignment_loss(ex["graphs"], present) if cfg.use_align else zero
+        pred = self.task_loss(out.logits, batch.target)
+        parts = torch.stack([sim + diff, align, pred])
+        phi = self.loss_weights(parts)
+        uni = self.unimodal_loss(batch, out)
+        terms = {"loss": (phi * parts).sum() + uni, "pred": pred, "dis": parts[0], "sim": sim,
+                 "diff": diff, "align": align, "uni": uni}
+        for i, key in enumerate(("dis", "align", "pred")):
+            terms[f"phi_{key}"] = phi[i].detach()
+        rho = ex["rho"].detach().mean(0)
+        for i, name in enumerate(self.info.modality_names):
+            terms[f"rho_{name}"] = rho[i]
+        return terms
+
+    # ----- hooks ---------------------------------------------------------------------------
+    def on_epoch_end(self, ctx: StepContext) -> dict[str, float]:
+        """Refresh the reference bank (before validation) and log Dirichlet energies."""
+        if not self.uses_bank:
+            return {}
+        self.refresh_bank(ctx.train_split, ctx.train.batch_size)
+        return self.bank_diagnostics()

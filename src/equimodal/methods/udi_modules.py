@@ -1,0 +1,208 @@
+"""Building blocks of UDI (Wang et al.): the variational estimator ``q_phi``, anchor ranking,
+the dynamic controller (Eq. 13-16) and flat snapshots of branch weights kept in buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from equimodal.losses.consistency import predictive_entropy
+from equimodal.losses.mi import club_nll, club_upper_bound
+
+
+class GaussianEstimator(nn.Module):
+    """``q_phi(y | x) = N(y; mu(x), diag(exp(logvar(x))))``, the lightweight network
+    ``Q_phi`` of Eq. 8-10 (two-layer MLPs as in CLUB; ``logvar`` squashed by ``tanh`` as
+    CLUB does, so a dead feature cannot drive the variance, and the NLL, to ``-inf``).
+
+    Args:
+        x_dim: Size of the conditioning (anchor / guide) features.
+        y_dim: Size of the predicted (follower) features.
+        hidden: Width of the hidden layers.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mu = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim))
+        self.logvar = nn.Sequential(
+            nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim), nn.Tanh()
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance ``[N, y_dim]`` of ``q_phi(. | x)``."""
+        return self.mu(x), self.logvar(x)
+
+    def nll(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``L_MI`` of Eq. 10 (detach ``x`` and ``y`` to train ``phi`` only)."""
+        mu, logvar = self(x)
+        return club_nll(y, mu, logvar, mask)
+
+    def upper_bound(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``I_v(x; y)`` of Eq. 8 with this ``q_phi``."""
+        mu, logvar = self(x)
+        return club_upper_bound(y, mu, logvar, mask)
+
+
+def rank_branches(
+    scores: Sequence[float],
+    entropies: Sequence[float],
+    tolerance: float = 0.0,
+    forced: int | None = None,
+) -> list[int]:
+    """Order branches for UDI: best validation score first; among branches within
+    ``tolerance`` of the best remaining score, the lower predictive entropy wins (Sec. 3.1).
+    Applied repeatedly, this gives the progressive order ``a, b, c, ...`` of Appendix A.2.
+
+    Args:
+        scores: Validation score per branch (higher is better).
+        entropies: Mean predictive entropy per branch on the same split.
+        tolerance: Score difference still counted as "similar performance".
+        forced: Branch index to put first regardless of scores (Appendix A.7).
+
+    Returns:
+        Branch indices, anchor first.
+
+    Example:
+        >>> rank_branches([0.8, 0.8, 0.5], [0.9, 0.4, 0.1])
+        [1, 0, 2]
+    """
+    remaining = list(range(len(scores)))
+    order: list[int] = []
+    if forced is not None:
+        order.append(forced)
+        remaining.remove(forced)
+    while remaining:
+        best = max(scores[i] for i in remaining)
+        close = [i for i in remaining if scores[i] >= best - tolerance]
+        pick = min(close, key=lambda i: (entropies[i], -scores[i], i))
+        order.append(pick)
+        remaining.remove(pick)
+    return order
+
+
+def branch_scores(
+    fused: Tensor, unimodal: dict[str, Tensor], target: Tensor, present: dict[str, Tensor]
+) -> tuple[float, list[float], list[float]]:
+    """Accuracy of the fused logits, and accuracy and mean predictive entropy of each
+    branch over the samples that have its modality (the anchor criteria of Sec. 3.1).
+
+    Args:
+        fused: ``[N, C]`` fused logits.
+        unimodal: Modality -> ``[N, C]`` branch logits (in the order to report).
+        target: ``[N]`` class labels.
+        present: Modality -> ``[N]`` bool presence.
+
+    Returns:
+        ``(fused_accuracy, accuracies, entropies)``; a branch without samples scores 0 with
+        infinite entropy.
+    """
+    fused_acc = float((fused.argmax(1) == target).float().mean())
+    scores, entropies = [], []
+    for name, logits in unimodal.items():
+        mask = present[name]
+        sel, y = logits[mask], target[mask]
+        ok = sel.shape[0] > 0
+        scores.append(float((sel.argmax(1) == y).float().mean()) if ok else 0.0)
+        entropies.append(float(predictive_entropy(sel).mean()) if ok else float("inf"))
+    return fused_acc, scores, entropies
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, present: Tensor) -> Tensor:
+    """Cross-entropy (Eq. 3) over the samples that have the modality: an absent modality's
+    zero features carry no signal."""
+    if bool(present.all()):
+        return torch.nn.functional.cross_entropy(logits, target)
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[present], target[present])
+
+
+def mask_or_none(mask: Tensor) -> Tensor | None:
+    """``None`` when every row is selected (saves the gather)."""
+    return None if bool(mask.all()) else mask
+
+
+def grad_inner(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> Tensor:
+    """``xi = sum_{k in K} g_a[k] . g_b[k]`` over the parameters both losses reach (Eq. 14).
+
+    Args:
+        a: Gradients per parameter (``None`` where the loss does not reach it).
+        b: Gradients for the same parameters.
+
+    Returns:
+        Scalar inner product (float32).
+    """
+    total: Tensor | None = None
+    for ga, gb in zip(a, b, strict=True):
+        if ga is None or gb is None:
+            continue
+        term = (ga.float() * gb.float()).sum()
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())
+
+
+def controller_weights(xi_con: Tensor, xi_com: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """ReLU (Eq. 15) and normalisation (Eq. 16) of the gradient alignments.
+
+    Args:
+        xi_con: ``<g_cls, g_con>`` (Eq. 14).
+        xi_com: ``<g_cls, g_com>`` (Eq. 14).
+        eps: The small ``epsilon`` of Eq. 16.
+
+    Returns:
+        ``(alpha_con, alpha_com)``, each in ``[0, 1]`` with sum ``< 1``.
+    """
+    pos_con, pos_com = torch.relu(xi_con), torch.relu(xi_com)
+    denom = pos_con + pos_com + eps
+    return pos_con / denom, pos_com / denom
+
+
+def branch_tensors(modules: Sequence[nn.Module]) -> list[Tensor]:
+    """Floating-point parameters and buffers of ``modules`` (a branch: encoder + head)."""
+    out: list[Tensor] = []
+    for mod in modules:
+        out.extend(t for t in mod.state_dict(keep_vars=True).values() if t.is_floating_point())
+    return out
+
+
+def flatten_state(modules: Sequence[nn.Module]) -> Tensor:
+    """One flat vector of a branch's floating-point state (for a snapshot buffer)."""
+    tensors = branch_tensors(modules)
+    if not tensors:
+        return torch.zeros(0)
+    return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+
+@torch.no_grad()
+def load_flat_state(modules: Sequence[nn.Module], flat: Tensor) -> None:
+    """Write a vector made by :func:`flatten_state` back into the branch, in place (the
+    optimisers keep their parameter references)."""
+    start = 0
+    for t in branch_tensors(modules):
+        n = t.numel()
+        t.copy_(flat[start : start + n].view_as(t).to(t.dtype))
+        start += n
+    if start != flat.numel():
+        raise ValueError(f"snapshot has {flat.numel()} values, branch needs {start}")
+
+
+def validate_config(cfg: Any) -> None:
+    """Raise ``ValueError`` naming the field for an invalid ``UDIConfig``."""
+    choices = {"follower_init": ("reset", "unimodal"), "fusion": ("sum", "concat"),
+               "follower_selection": ("fused", "follower")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"udi: {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    for name in ("alpha_con", "alpha_com", "tie_tolerance", "controller_eps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"udi: {name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("unimodal_epochs", "follower_epochs", "fusion_head_epochs",
+                 "controller_batch_size", "estimator_hidden"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"udi: {name} must be >= 1 or None, got {value}")
+    if cfg.estimator_lr_scale <= 0:
+        raise ValueError(f"udi: estimator_lr_scale must be > 0, got {cfg.estimator_lr_scale}")
