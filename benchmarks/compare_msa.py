@@ -36,7 +36,7 @@ log = logging.getLogger("compare_msa")
 
 SYNTHETIC = {"modalities": ["a", "b", "c"], "strengths": [1.0, 0.6, 0.35], "seq_len": 8,
              "noise": 1.5, "task": "regression"}
-SHOWN = ["mae", "corr", "acc2_non0", "acc2_has0", "f1_non0", "acc7"]
+SHOWN = ["mae", "corr", "acc2_non0", "acc2_has0", "f1_non0", "f1_has0", "acc7"]
 
 
 def run(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:

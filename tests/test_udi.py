@@ -3,13 +3,16 @@ schedule (anchor frozen, progressive followers) and every ablation switch."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
+from equimodal.cli import main
 from equimodal.config import ModelConfig, TrainConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import StepContext, Trainer, predict_split, seed_everything
@@ -24,6 +27,7 @@ from equimodal.methods.base import Stage
 from equimodal.methods.check import check_method
 from equimodal.methods.udi_modules import (
     GaussianEstimator,
+    branch_scores,
     controller_weights,
     flatten_state,
     grad_inner,
@@ -288,6 +292,136 @@ def test_three_modalities_progressive_guidance() -> None:
     assert trained("a", "b") and trained("a", "c") and trained("b", "c")
     assert not trained("c", "a") and not trained("b", "a")
     assert all(math.isfinite(h["train/loss"]) for h in r.history)
+
+
+def test_follower_epoch_selection_scores_only_trained_branches(monkeypatch: Any) -> None:
+    """Appendix A.2: follower ``b`` is kept on ``y^{ab}``; ``c`` (not trained yet) is left out."""
+    target = torch.tensor([0, 1])
+    uni = {"a": torch.tensor([[2.0, 0.0], [0.0, 2.0]]), "b": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+           "c": torch.tensor([[0.0, 9.0], [9.0, 0.0]])}
+    present = {n: torch.ones(2, dtype=torch.bool) for n in uni}
+    fused = torch.stack(list(uni.values())).sum(0)
+    assert branch_scores(fused, uni, target, present)[0] == 0.0
+    assert branch_scores(fused, uni, target, present, ["a", "b"])[0] == 1.0
+    # Wiring: which branches each stage scores as "fused".
+    import equimodal.methods.udi as udi_module
+
+    seen: list[tuple[str, ...]] = []
+
+    def spy(*args: Any) -> Any:
+        seen.append(tuple(args[4]))
+        return branch_scores(*args)
+
+    monkeypatch.setattr(udi_module, "branch_scores", spy)
+    r = _fit(_data(["c", "a", "b"], [0.2, 1.5, 0.6]), epochs=1)
+    order = tuple(r.method.order_names)
+    assert seen == [("c", "a", "b"), order[:2], order]
+
+
+def _follower_ctx(udi: Any, data: MultimodalData) -> StepContext:
+    """A step context in stage ``follower_1`` with the engine's groups and optimisers."""
+    train = TrainConfig(epochs=1, batch_size=40, lr=1e-2, seed=0, progress=False, device="cpu")
+    ctx = StepContext(train, torch.device("cpu"), data.train, torch.Generator().manual_seed(0))
+    ctx.valid_split = data.valid
+    stage = udi.stages(train)[1]
+    assert stage.name == "follower_1"
+    Trainer(udi, data, train)._activate(ctx, stage, "max")
+    ctx.stage_index = 1
+    return ctx
+
+
+def test_estimator_own_group_trained_by_its_nll_only() -> None:
+    """Eq. 10 / Algorithm 1 line 14: ``q_phi`` is its own group, updated by its NLL only;
+    ``L_com`` moves the follower, never ``phi``."""
+    data = _data(["a", "b"], [1.5, 0.5])
+    batch = data.train.batch(torch.arange(40))
+    est_after, follower_after = {}, {}
+    for a_com in (0.0, 5.0):
+        seed_everything(0)
+        udi = create_method("udi", data.info, ModelConfig(hidden=16, layers=1), anchor="a",
+                            dynamic_controller=False, alpha_com=a_com)
+        ctx = _follower_ctx(udi, data)
+        assert {id(p) for p in ctx.group_params["estimator"]} == {
+            id(p) for p in udi.estimators.parameters()}
+        assert not {id(p) for p in ctx.group_params["estimator"]} & {
+            id(p) for p in ctx.group_params["follower"]}
+        udi.train()
+        udi.on_epoch_start(ctx)
+        before = {k: v.clone() for k, v in udi.estimators.state_dict().items()}
+        udi.training_step(batch, ctx)
+        # A leak of L_com into phi would sit in .grad until the next estimator step.
+        assert all(p.grad is None for p in udi.estimators.parameters())
+        after = udi.estimators.state_dict()
+        assert not torch.equal(before["0_1.mu.0.weight"], after["0_1.mu.0.weight"])  # q(b|a)
+        assert torch.equal(before["1_0.mu.0.weight"], after["1_0.mu.0.weight"])
+        est_after[a_com] = {k: v.clone() for k, v in after.items()}
+        follower_after[a_com] = _branch_vec(udi, "b")
+    assert all(torch.equal(est_after[0.0][k], est_after[5.0][k]) for k in est_after[0.0])
+    assert not torch.equal(follower_after[0.0], follower_after[5.0])  # L_com did act
+
+
+def test_controller_is_eq13_16_on_follower_params(monkeypatch: Any) -> None:
+    """alphas = ReLU-normalised <grad L_cls, grad L_con/com> over the follower's parameters,
+    with L_cls the multimodal (summed-logit) cross-entropy, on the sampled mini-batch."""
+    data = _data(["a", "b"], [1.0, 0.5])
+    udi = _fit(data, epochs=2, anchor="a").method  # trained branches and q_phi
+    ctx = _follower_ctx(udi, data)
+    batch = data.train.batch(torch.arange(40, 80))
+    monkeypatch.setattr(ctx, "sample_batch", lambda size=None: batch)
+    udi.train()
+    udi.on_epoch_start(ctx)  # the stage is already prepared: this runs the controller only
+    params = [p for mod in udi._branch("b") for p in mod.parameters()]
+    out = udi(batch)
+    za, zb = out.unimodal_logits["a"], out.unimodal_logits["b"]
+    mu, logvar = udi.estimators["0_1"](out.features["a"].detach())
+    losses = (torch.nn.functional.cross_entropy(za + zb, batch.target),
+              js_divergence(za.detach(), zb), club_upper_bound(out.features["b"], mu, logvar))
+    g_cls, g_con, g_com = (torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
+                           for v in losses)
+    assert g_com[-1] is None  # L_com does not reach the head: K_com of Eq. 14 is smaller
+    xi = [sum(float((a * b).sum()) for a, b in zip(g_cls, g, strict=True) if b is not None)
+          for g in (g_con, g_com)]
+    pos = [max(x, 0.0) for x in xi]
+    expected = (pos[0] / (sum(pos) + 1e-8), pos[1] / (sum(pos) + 1e-8))
+    # Both terms aligned here, so the values pin down L_cls (the follower's own CE would
+    # give about (0.84, 0.16) instead).
+    assert min(expected) > 0.1
+    assert udi.alpha("b") == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("dc", [True, False])
+def test_controller_runs_once_per_epoch(monkeypatch: Any, dc: bool) -> None:
+    calls: list[int] = []
+    original = StepContext.sample_batch
+
+    def counting(self: StepContext, size: int | None = None) -> Any:
+        calls.append(self.epoch)
+        return original(self, size)
+
+    monkeypatch.setattr(StepContext, "sample_batch", counting)
+    r = _fit(_data(["a", "b"], [1.5, 0.5]), epochs=2, dynamic_controller=dc)
+    follower_epochs = [h["epoch"] for h in r.history if h["stage"] == "follower_1"]
+    assert calls == (follower_epochs if dc else [])
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_cli_train_udi(tmp_path: Path, capsys: Any, three: bool) -> None:
+    """``equimodal train --method udi`` end to end on 2 and 3 modalities (concat head)."""
+    extra = ["-s", 'data.modalities=["a","b","c"]', "-s", "data.strengths=[1.0,0.5,0.3]",
+             "-s", "method.fusion=concat"] if three else []
+    args = ["train", "--method", "udi", "--data", "synthetic", "--epochs", "1", "--out",
+            str(tmp_path), "--no-progress", "-s", "data.n_train=60", "-s", "data.n_valid=30",
+            "-s", "data.n_test=30", *extra]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    names = ["a", "b", "c"] if three else ["a", "b"]
+    assert all(f"{n} (unimodal)" in out for n in names)
+    run = next(tmp_path.iterdir())
+    with open(run / "history.jsonl") as fh:
+        stages = [json.loads(line)["stage"] for line in fh]
+    expected = ["unimodal", "follower_1"] + (["follower_2", "fusion_head"] if three else [])
+    assert stages == expected
+    assert (run / "metrics.json").exists()
 
 
 def test_concat_fusion_head() -> None:

@@ -25,6 +25,10 @@ class ModelConfig:
         heads: Attention heads of transformer encoders.
         fusion: Fusion module name (``concat``, ``sum``, ``late``, ``gated``, ``film``).
         unimodal_heads: Add a linear head per modality for fusions that cannot be split.
+        encoders: Per-modality encoder names overriding ``encoder`` (e.g.
+            ``{"audio": "resnet18"}``); keys are modality names of the data.
+        encoder_kwargs: Extra constructor arguments per modality (key ``"*"``: every
+            modality), e.g. ``{"visual": {"image_shape": [3, 32, 32], "width": 0.5}}``.
     """
 
     encoder: str = "auto"
@@ -35,6 +39,8 @@ class ModelConfig:
     heads: int = 4
     fusion: str = "concat"
     unimodal_heads: bool = False
+    encoders: dict[str, str] = field(default_factory=dict)
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +127,11 @@ class RunConfig:
         d = self.to_dict()
         for k in ("device", "progress"):
             d["train"].pop(k, None)
+        # Per-modality encoder settings joined the config later: left empty they are dropped
+        # so that the digests (run folders, bench rows) of earlier configs stay valid.
+        for k in ("encoders", "encoder_kwargs"):
+            if not d["model"].get(k):
+                d["model"].pop(k, None)
         return d
 
     def digest(self) -> str:

@@ -19,18 +19,23 @@ Python API::
     runs = [fit(cfg).test for cfg in preset.run_configs(base)]
     print(preset.format_row("mult", runs))
 
-CLI / bench: the same overrides as ``--set`` arguments::
+CLI / bench: ``python -m equimodal.presets DATASET [--select mae|f1|...] [--bench]`` prints
+the preset as ``equimodal`` arguments, for ``$(...)`` in a shell::
 
-    python -c "from equimodal.presets import msa_preset; print(msa_preset('mosi').cli())"
+    python -m equimodal.presets mosi
     # -> --data mmsa --set data.name=mosi --set data.task=regression
     #    --set train.select_metric=mae --set train.patience=8 --set train.epochs=40
-    equimodal train --method mult --set data.path=MOSI/unaligned_50.pkl \\
-        $(python -c "...cli()") --seed 1111
-    equimodal bench --methods mult,misa,selfmm,dmd --seeds 1111,1112,1113,1114,1115 ...
+    equimodal train --method mult $(python -m equimodal.presets mosi --select f1) \\
+        --set data.path=MOSI/unaligned_50.pkl --seed 1111
+    # one run per method and seed (1111-1115), resumable, with the MSA tables at the end:
+    equimodal bench --methods mult,misa,selfmm,dmd,decalign,ebmc \\
+        $(python -m equimodal.presets mosi --bench) --set data.path=MOSI/unaligned_50.pkl
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +88,13 @@ class MSAPreset:
     def cli(self) -> str:
         """Command-line arguments for ``equimodal train`` / ``bench`` (without seeds)."""
         return " ".join([f"--data {self.dataset}"] + [f"--set {s}" for s in self.set_args()])
+
+    def bench_cli(self) -> str:
+        """Command-line arguments for ``equimodal bench`` (dataset, the preset's seeds and
+        overrides)."""
+        seeds = ",".join(str(s) for s in self.seeds)
+        return " ".join([f"--datasets {self.dataset}", f"--seeds {seeds}"]
+                        + [f"--set {s}" for s in self.set_args()])
 
     def apply(self, cfg: RunConfig) -> RunConfig:
         """A copy of ``cfg`` on this dataset with the preset's data and train overrides
@@ -155,3 +167,26 @@ def msa_preset(dataset_name: str = "mosi", select: str = "mae",
         return MSAPreset("mmsa", {"name": key, "task": "regression"}, train, metrics, seeds,
                          scale)
     return MSAPreset(dataset_name, {"task": "regression"}, train, MSA_METRICS, seeds, 3.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m equimodal.presets``: print a preset's ``equimodal train`` arguments
+    (``--bench``: ``equimodal bench`` arguments, seeds included)."""
+    ap = argparse.ArgumentParser(prog="python -m equimodal.presets",
+                                 description="Print the MSA preset as equimodal arguments.")
+    ap.add_argument("dataset", nargs="?", default="mosi",
+                    help="mosi, mosei, sims or a registered regression dataset")
+    ap.add_argument("--select", default="mae", help="validation selection metric (mae, f1, ...)")
+    ap.add_argument("--seeds", help="comma-separated seeds (default 1111-1115)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--bench", action="store_true", help="arguments for `equimodal bench`")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    preset = msa_preset(args.dataset, args.select, seeds, args.epochs, args.patience)
+    sys.stdout.write((preset.bench_cli() if args.bench else preset.cli()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

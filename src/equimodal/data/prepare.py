@@ -6,10 +6,13 @@ Sub-commands::
     equimodal prepare imagetext --root MVSA_Single --out features/mvsa --layout mvsa
     equimodal prepare imagetext --root food101 --out features/food101 --layout csv \\
         --train-csv texts/train_titles.csv --test-csv texts/test_titles.csv
+    equimodal prepare avmnist   # FSDD audio features + MNIST arrays into the cache
     equimodal prepare check     --path features/cremad
+    equimodal prepare check     --format mmsa --path MOSI/Processed/unaligned_50.pkl
 
-Every step is resumable (finished chunks are kept under ``<out>/.cache``; a finished
-folder with the same settings is not redone) and shows tqdm progress bars.
+Every step is resumable (finished chunks are kept under ``<out>/.cache``, or under the
+cache folder for ``avmnist``; a finished folder with the same settings is not redone) and
+shows tqdm progress bars.
 """
 
 from __future__ import annotations
@@ -101,8 +104,23 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device for minilm text features")
     p.set_defaults(func=run_prepare)
 
-    p = sub.add_parser("check", help="load a generic-format folder/file and summarise it")
-    p.add_argument("--path", required=True, help="folder, .npz or .parquet")
+    p = sub.add_parser("avmnist", help="AV-MNIST: cache FSDD audio features and MNIST arrays")
+    p.add_argument("--fsdd", help="folder of {digit}_{speaker}_{index}.wav (default: "
+                   "<shared data>/fsdd/recordings)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (with --audio-snr-db)")
+    p.add_argument("--n-mels", type=int, default=40, help="mel bands (default 40)")
+    p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs (default 13)")
+    p.add_argument("--max-seconds", type=float, default=1.0, help="audio kept (default 1.0)")
+    p.add_argument("--audio-snr-db", type=float, help="white background noise SNR in dB")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("check", help="load a dataset file/folder and summarise it (validate)")
+    p.add_argument("--path", required=True, help="generic: folder, .npz or .parquet; mmsa / "
+                   "iemocap: the pickle; cremad / imagetext: the prepared folder")
+    p.add_argument("--format", default="generic",
+                   choices=["generic", "mmsa", "iemocap", "cremad", "imagetext"],
+                   help="dataset format (default generic)")
     p.add_argument("--skip-bad", action="store_true", help="report bad rows instead of failing")
     p.set_defaults(func=run_prepare)
     prep.set_defaults(func=run_prepare)
@@ -127,14 +145,22 @@ def run_prepare(args: argparse.Namespace) -> int:
     """
     fmt = getattr(args, "prepare_format", None)
     if fmt == "check":
-        data = load_generic(args.path, skip_bad=args.skip_bad)
+        if args.format == "generic":
+            data = load_generic(args.path, skip_bad=args.skip_bad)
+        else:
+            from equimodal.registry import load_dataset
+
+            data = load_dataset(args.format, path=args.path, skip_bad=args.skip_bad)
         mods = ", ".join(f"{s.name} {[s.seq_len, s.dim] if s.is_sequence else [s.dim]}"
                          for s in data.info.modalities.values())
         sys.stdout.write(
             f"{args.path}: {data.info.kind}, {data.info.num_outputs} output(s), modalities "
             f"[{mods}], train/valid/test = {len(data.train)}/{len(data.valid)}/"
-            f"{len(data.test)}\n" + (f"excluded: {data.excluded}\n" if data.excluded else ""))
+            f"{len(data.test)}\n" + (f"excluded {data.n_excluded} sample(s): {data.excluded}\n"
+                                    if data.excluded else ""))
         return 0
+    if fmt == "avmnist":
+        return _prepare_avmnist(args)
     common = {"seed": args.seed, "valid_frac": args.valid_frac, "test_frac": args.test_frac,
               "skip_bad": args.skip_bad, "overwrite": args.overwrite,
               "progress": not args.no_progress}
@@ -156,4 +182,33 @@ def run_prepare(args: argparse.Namespace) -> int:
     else:
         raise ValueError(f"unknown prepare format {fmt!r}")
     sys.stdout.write(_summary(res))
+    return 0
+
+
+def _prepare_avmnist(args: argparse.Namespace) -> int:
+    """Fill the AV-MNIST caches: FSDD audio features (chunked, resumable) and MNIST arrays.
+
+    ``equimodal train --data avmnist`` with the same audio settings (``data.n_mels`` etc.)
+    then reads the cache; a second ``prepare avmnist`` computes nothing.
+    """
+    from pathlib import Path
+
+    from equimodal.data.builtin.avmnist import fsdd_features, fsdd_index
+    from equimodal.data.builtin.digits import load_mnist_arrays
+    from equimodal.data.dataset import DataError
+
+    index = fsdd_index(Path(args.fsdd) if args.fsdd else None)
+    _, counts = fsdd_features(index, n_mels=args.n_mels, n_mfcc=args.n_mfcc,
+                              max_seconds=args.max_seconds, audio_snr_db=args.audio_snr_db,
+                              noise_seed=args.seed, progress=not args.no_progress)
+    sys.stdout.write(f"avmnist: FSDD features of {len(index.names)} recordings in "
+                     f"{index.folder} ({counts['computed']} computed, {counts['reused']} "
+                     "from cache)\n")
+    try:
+        sizes = {s: len(v[1]) for s, v in load_mnist_arrays(raw=True).items()}
+    except DataError as err:  # the audio cache is still useful; say what is missing
+        sys.stdout.write(f"avmnist: MNIST not available ({err})\n")
+        return 0
+    sys.stdout.write(f"avmnist: MNIST arrays cached (train/valid/test = "
+                     f"{sizes['train']}/{sizes['valid']}/{sizes['test']})\n")
     return 0

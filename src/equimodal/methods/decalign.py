@@ -66,7 +66,7 @@ class DecAlignConfig(MethodConfig):
         mmd_estimator: ``biased`` (V-statistic, reference) or ``unbiased``.
         homo_projector: Map common features through an MLP ``d -> d -> d`` before the
             homogeneity losses (the paper's "mapping into a latent space"; reference MLP).
-        proj_kernel: Kernel of the temporal Conv1d projection (Sec. 3.1).
+        proj_kernel: Kernel of the temporal Conv1d projection (Sec. 3.1; odd, "same" padding).
         input_projection: ``always`` (paper: every modality is convolved to width d) or
             ``when_needed`` (reference: identity when the input width already equals d).
         d_model: Common width d (``None``: ``ModelConfig.hidden``).

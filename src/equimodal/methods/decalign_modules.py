@@ -122,6 +122,9 @@ class DecAlignNet(nn.Module):
         super().__init__()
         if input_projection not in ("always", "when_needed"):
             raise ValueError(f"input_projection must be always/when_needed: {input_projection!r}")
+        if proj_kernel < 1 or proj_kernel % 2 == 0:
+            # 'same' padding k // 2 keeps the frame count (and the length masks) only for odd k.
+            raise ValueError(f"proj_kernel must be a positive odd number, got {proj_kernel}")
         self.names = info.modality_names
         self.dim = dim
         self.unimodal_detach = unimodal_detach

@@ -251,9 +251,11 @@ class DMDNet(nn.Module):
 
     Projection (Conv1d) -> private ``E_m^prt`` and shared ``E^com`` 1x1 Conv1d encoders ->
     decoders ``D_m`` (reconstruction) -> homogeneous branch (self-attention per modality,
-    last steps concatenated, residual head ``logits_c``; per-modality homogeneous heads) and
-    heterogeneous branch (MulT streams over the private sequences, per-modality heads) ->
-    sigmoid-gated concatenation -> residual head.
+    last steps concatenated, residual head ``logits_c``; per-modality homogeneous heads on the
+    masked mean of ``X_m^com``, where the reference flattens a fixed-length sequence) and
+    heterogeneous branch (MulT streams over the private sequences, per-modality residual
+    heads) -> sigmoid-gated concatenation of the heterogeneous heads' residual outputs and of
+    the homogeneous fusion -> residual head.
 
     Args:
         info: Task description.
@@ -332,7 +334,9 @@ class DMDNet(nn.Module):
         last = [masked_pool(memory[n], masks[n], cfg.pooling) * present[i, :, None]
                 for i, n in enumerate(names)]
         hetero = [self.hetero_heads[n](h) for n, h in zip(names, last, strict=True)]
-        gated = [torch.sigmoid(self.gate[n](h)) for n, h in zip(names, last, strict=True)]
+        # The reference gates each heterogeneous head's residual output (``hs_proj_*_high``),
+        # not the raw memory step, before the final concatenation.
+        gated = [torch.sigmoid(self.gate[n](h[1])) for n, h in zip(names, hetero, strict=True)]
         fused = torch.cat(gated + [torch.sigmoid(self.gate_c(c_fusion))], -1)
         _, _, logits = self.head(fused)
 

@@ -91,7 +91,8 @@ class EBMCConfig(MethodConfig):
         cce_gamma: Weight of the task term inside Eq. 7 (paper reuses gamma = 0.1).
         cce_task_term: ``task`` = loss of f(z~_m, z_-m) (Eq. 7) or ``head_l1`` = L1 between
             f's outputs on z_m and on z~_m (reference).
-        cce_noise_std: Std of the stochastic perturbation epsilon of Eq. 6 (training only).
+        cce_noise_std: Std of the stochastic perturbation epsilon of Eq. 6 (training only;
+            the paper calls it optional and gives no value).
         cce_detach_target: Stop gradients into the reconstruction target z_m (reference).
         cce_impute_missing: Use z~_m in place of an absent modality's features.
         cce_own_dropout: Probability of hiding a sample's own parts from G_m in training.

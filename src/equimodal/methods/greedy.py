@@ -154,7 +154,9 @@ class Greedy(Method):
     capabilities = Capabilities(tasks=("classification",), min_modalities=2)
     paper = ("Wu et al., Characterizing and Overcoming the Greedy Nature of Learning in "
              "Multi-modal Deep Neural Networks, ICML 2022")
-    family = "optimisation"
+    # The intervention is on the forward pass (a re-balancing step replaces a branch's MMTM
+    # excitation by its running average), as BalanceBenchmark classifies it.
+    family = "feed-forward"
 
     speed: Tensor
     curation: Tensor

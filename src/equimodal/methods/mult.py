@@ -64,6 +64,9 @@ class MulTConfig(MethodConfig):
         causal: The reference code's "future" attention mask (``attn_mask``; the paper does
             not use one).
         regression_loss: ``l1`` (reference on MOSI/MOSEI) or ``mse``.
+        targets: Ablation (Table 3 ``[V,A -> L]`` etc., reference ``--lonly`` / ``--aonly``
+            / ``--vonly``): only these target modalities get cross-modal streams, a memory
+            and a slot in the output head (``None``: every modality, the full MulT).
     """
 
     d_model: int | None = None
@@ -82,6 +85,7 @@ class MulTConfig(MethodConfig):
     pooling: str = "last"
     causal: bool = False
     regression_loss: str = "l1"
+    targets: tuple[str, ...] | None = None
 
 
 def check_choices(name: str, cfg: Any, choices: Mapping[str, tuple[str, ...]]) -> None:
@@ -115,12 +119,15 @@ class MulTNet(nn.Module):
         mem = cfg.mem_layers if cfg.mem_layers is not None else max(layers, 3)
         self.streams = MulTStreams(
             self.names, dim, heads, layers, mem, cfg.attn_dropout, cfg.attn_dropout_other,
-            cfg.relu_dropout, cfg.res_dropout, cfg.embed_dropout, self.primary, cfg.causal)
-        combined = len(self.names) * self.streams.out_dim
+            cfg.relu_dropout, cfg.res_dropout, cfg.embed_dropout, self.primary, cfg.causal,
+            cfg.targets)
+        self.targets = self.streams.targets
+        combined = len(self.targets) * self.streams.out_dim
         self.head = ResidualHead(combined, info.num_outputs, cfg.out_dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        """Fused prediction; ``features`` are each target's pooled memory output."""
+        """Fused prediction; ``features`` are each target's pooled memory output (only the
+        ``targets`` when the ablation restricts them)."""
         masks = modality_masks(batch, self.names)
         seqs = {}
         for n in self.names:
@@ -131,11 +138,11 @@ class MulTNet(nn.Module):
             seqs[n] = self.proj(x, masks[n], n)
         memory = self.streams(seqs, masks)
         feats = {}
-        for n in self.names:
+        for n in self.targets:
             pooled = masked_pool(memory[n], masks[n], self.pooling)
             # A missing target modality contributes zeros, not the memory of its padding.
             feats[n] = pooled * batch.present[n].to(pooled.dtype)[:, None]
-        fused = torch.cat([feats[n] for n in self.names], dim=-1)
+        fused = torch.cat([feats[n] for n in self.targets], dim=-1)
         _, _, logits = self.head(fused)
         return ModelOutput(logits, feats, {}, fused)
 
@@ -160,6 +167,13 @@ class MulT(Method):
         check_choices("mult", cfg, _CHOICES)
         if cfg.primary is not None:
             info.check_modality(cfg.primary)
+        if cfg.targets is not None:
+            if isinstance(cfg.targets, str):  # ``--set method.targets=text``
+                cfg.targets = (cfg.targets,)
+            if not cfg.targets:
+                raise ValueError("mult: targets must name at least one modality")
+            for t in cfg.targets:
+                info.check_modality(t)
 
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:

@@ -87,6 +87,10 @@ class ScopeConfig(MethodConfig):
         loss_weighting: ``mlp`` (Phi on current loss values, softmax-normalised, Sec. 4.4)
             or ``fixed`` (``fixed_weights``).
         fixed_weights: Weights of ``(L_dis, L_align, L_pred)`` under ``fixed``.
+        phi_floor: Minimum weight of each active term under ``mlp`` (paper: 0, a plain
+            softmax). Phi trained jointly on ``sum phi_i L_i`` drifts towards the smallest
+            loss (``L_align``) and away from the largest (``L_dis``); a floor such as 0.1
+            keeps every term in play on long runs.
         inference: ``bank`` (each test sample joins a reference bank of training
             embeddings; batch-independent) or ``batch`` (graph over the test mini-batch, as
             in training; predictions depend on the batching).
@@ -115,6 +119,7 @@ class ScopeConfig(MethodConfig):
     dis_reduction: str = "sum"
     loss_weighting: str = "mlp"
     fixed_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    phi_floor: float = 0.0
     inference: str = "bank"
     bank_size: int = 512
     bank_k: str = "scaled"
@@ -191,6 +196,8 @@ class Scope(Method):
             raise ValueError("scope: need diffusion_steps >= 0 and 0 < xi < 1")
         if len(cfg.fixed_weights) != 3 or cfg.bank_size < 1:
             raise ValueError("scope: fixed_weights needs 3 values and bank_size >= 1")
+        if not 0.0 <= cfg.phi_floor < 1.0 / 3.0:
+            raise ValueError(f"scope: phi_floor must be in [0, 1/3), got {cfg.phi_floor}")
 
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:

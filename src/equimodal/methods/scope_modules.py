@@ -200,22 +200,32 @@ class LossWeightNet(nn.Module):
     magnitude); the last layer starts at zero, so training starts from equal weights.
     Disabled terms are excluded from the softmax.
 
+    Trained jointly with ``L = sum_i phi_i L_i`` (the paper does not say otherwise), Phi
+    moves weight towards the smallest loss; ``floor`` keeps every active weight at least
+    ``floor`` (``phi = floor + (1 - n_active floor) softmax``; 0 = the paper's softmax).
+
     Args:
         n_losses: Number of loss terms.
         hidden: Hidden width.
+        floor: Minimum weight of each active term, in ``[0, 1 / n_losses)``.
     """
 
-    def __init__(self, n_losses: int = 3, hidden: int = 16) -> None:
+    def __init__(self, n_losses: int = 3, hidden: int = 16, floor: float = 0.0) -> None:
         super().__init__()
         last = nn.Linear(hidden, n_losses)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(nn.Linear(n_losses, hidden), nn.ReLU(), last)
+        self.floor = floor
 
     def forward(self, losses: Tensor, active: Tensor) -> Tensor:
         """Weights ``[n]`` (zero for inactive terms, summing to 1 over active ones)."""
         x = torch.log1p(losses.detach().clamp_min(0.0)) * active.to(losses.dtype)
-        return torch.softmax(self.net(x).masked_fill(~active, float("-inf")), dim=-1)
+        w = torch.softmax(self.net(x).masked_fill(~active, float("-inf")), dim=-1)
+        if self.floor > 0:
+            on = active.to(w.dtype)
+            w = self.floor * on + (1.0 - self.floor * on.sum()) * w
+        return w
 
 
 @dataclass
@@ -277,8 +287,8 @@ class ScopeNet(nn.Module):
         self.probes = nn.ModuleDict(
             {n: nn.Linear(d, info.num_outputs) for n in names}
         ) if cfg.unimodal_heads else None
-        self.weighting: LossWeightNet | None = LossWeightNet(3) if cfg.loss_weighting == "mlp" \
-            else None
+        self.weighting: LossWeightNet | None = LossWeightNet(3, floor=cfg.phi_floor) \
+            if cfg.loss_weighting == "mlp" else None
 
     # ----- AFR ---------------------------------------------------------------------------
     def _tokens(self, batch: Batch, name: str) -> Tensor:

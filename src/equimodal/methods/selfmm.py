@@ -73,6 +73,9 @@ class SelfMMConfig(MethodConfig):
         post_fusion_dropout: Dropout before the fused layers (reference 0.1).
         post_unimodal_dropout: Dropout before each unimodal layer (reference 0.0-0.1).
         regression_loss: ``l1`` (reference) or ``mse``.
+        unimodal_tasks: Ablation (Table 3's task combinations ``M, T``, ``M, T, A`` ...,
+            reference ``tasks="MTAV"``): modalities whose unimodal subtask is trained
+            (``None``: every modality, the full Self-MM; ``()``: the fused task only).
     """
 
     label_range: float = 3.0
@@ -89,6 +92,7 @@ class SelfMMConfig(MethodConfig):
     post_fusion_dropout: float = 0.1
     post_unimodal_dropout: float = 0.1
     regression_loss: str = "l1"
+    unimodal_tasks: tuple[str, ...] | None = None
 
 
 def relative_distance(f: Tensor, pos: Tensor, neg: Tensor, eps: float = 1e-8) -> Tensor:
@@ -201,6 +205,10 @@ class SelfMM(Method):
             info.check_modality(cfg.primary)
         if cfg.label_range <= 0:
             raise ValueError(f"selfmm: label_range must be > 0, got {cfg.label_range}")
+        if isinstance(cfg.unimodal_tasks, str):  # ``--set method.unimodal_tasks=text``
+            cfg.unimodal_tasks = (cfg.unimodal_tasks,)
+        for n in cfg.unimodal_tasks or ():
+            info.check_modality(n)
 
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
@@ -345,11 +353,15 @@ class SelfMM(Method):
         return (torch.special.xlogy(soft, soft) - soft * F.log_softmax(logits, -1)).sum(-1)
 
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: Any) -> dict[str, Tensor]:
-        """Eq. 13: fused task loss + weighted unimodal losses on generated labels."""
+        """Eq. 13: fused task loss + weighted unimodal losses on generated labels (only the
+        ``unimodal_tasks`` subtasks when the ablation restricts them)."""
         terms = {"fused": self.task_loss(out.logits, batch.target)}
         labels, weights = self.unimodal_targets(batch)
         uni = out.logits.sum() * 0
+        tasks = self.cfg.unimodal_tasks
         for i, n in enumerate(self.names):
+            if tasks is not None and n not in tasks:
+                continue
             w = weights[i] * batch.present[n].to(weights.dtype)
             per = self._unimodal_loss(out.unimodal_logits[n], batch.target, labels[i])
             term = (w * per).sum() / batch.present[n].sum().clamp_min(1)

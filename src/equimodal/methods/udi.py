@@ -16,8 +16,11 @@ Schedule with decoupled optimisation (the default):
    The controller (Eq. 13-16) sets the alphas once per epoch on one sampled mini-batch from
    ``grad L_cls`` (loss of the summed logits of the branches trained so far) against
    ``grad L_con`` / ``grad L_com`` on the follower's parameters, ReLU, normalisation.
-3. ``fusion_head`` (``fusion="concat"``, the paper's MOSEI setting): a linear layer on the
-   concatenated frozen features trained by cross-entropy. Otherwise logits are summed.
+3. ``fusion_head`` (``fusion="concat"``, the paper's MOSEI setting; the paper does not say
+   how its head is trained): after every follower, one linear layer on the concatenated
+   features of all branches, trained by cross-entropy for ``fusion_head_epochs`` with every
+   branch frozen (eval mode); the engine keeps its best validation epoch. The branch heads
+   stay and give the unimodal outputs. Otherwise (``sum``) the branch logits are summed.
 
 ``decoupled=False`` (Table 2 without DO): one ``joint`` stage trains all branches on the
 cross-entropy of the summed logits (the Sum baseline) plus, per follower of the current
@@ -27,7 +30,7 @@ ranking, the same directed terms (earlier branches' outputs detached).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -37,9 +40,10 @@ from equimodal.config import ModelConfig, TrainConfig
 from equimodal.engine.context import StepContext
 from equimodal.engine.evaluate import predict_split
 from equimodal.losses.consistency import js_divergence
-from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
+from equimodal.methods.base import Capabilities, Method, Stage
 from equimodal.methods.udi_modules import (
     GaussianEstimator,
+    UDIConfig,
     branch_scores,
     controller_weights,
     flatten_state,
@@ -61,59 +65,6 @@ UNIMODAL = "unimodal"
 FOLLOWER = "follower_"
 JOINT = "joint"
 FUSION_HEAD = "fusion_head"
-
-
-@dataclass
-class UDIConfig(MethodConfig):
-    """UDI hyper-parameters (paper defaults where it states them).
-
-    Attributes:
-        anchor: Force this modality as the anchor (Appendix A.7); ``None`` selects it.
-        unimodal_epochs: Epochs of the anchor-selection stage (``None``: ``train.epochs``).
-        follower_epochs: Epochs of each follower stage (``None``: ``train.epochs``).
-        select_best_branch: Keep each branch's own best-validation epoch of the selection
-            stage (the anchor "trained to convergence"); ``False``: the engine restores all
-            branches to the epoch of best summed-logit validation accuracy.
-        follower_selection: Epoch kept for each follower: ``fused`` = best fused validation
-            accuracy, ties broken by the follower's own accuracy (a strong anchor saturates
-            the fused score); ``follower`` = the follower's own accuracy first.
-        tie_tolerance: Validation accuracies within this gap count as "similar"; the lower
-            predictive entropy then wins (Sec. 3.1; the paper gives no number).
-        follower_init: ``reset`` (a follower restarts from its initial weights, Algorithm 1)
-            or ``unimodal`` (it starts from its selection-stage weights).
-        decoupled: Decoupled optimisation, "DO" of Table 2 (``False``: one joint stage).
-        dynamic_controller: Dynamic controller, "DC" of Table 2 (Eq. 13-16); ``False`` uses
-            the fixed ``alpha_con`` / ``alpha_com`` (Table 3).
-        alpha_con: Fixed consistency weight when the controller is off (Table 2 "no DC" is
-            (0, 0), the same numbers as Table 3's (0, 0) row).
-        alpha_com: Fixed complementary (MI) weight when the controller is off.
-        controller_eps: The ``epsilon`` of Eq. 16.
-        controller_batch_size: Size of the controller's mini-batch (``None``: the training
-            batch size; the paper uses one mini-batch per epoch).
-        fusion: ``sum`` of branch logits (paper, two modalities) or ``concat`` (a linear
-            head on concatenated frozen features, trained in a last stage; paper's MOSEI).
-        fusion_head_epochs: Epochs of the ``fusion_head`` stage (``None``: ``train.epochs``).
-        estimator_hidden: Hidden width of ``q_phi`` (``None``: the feature width).
-        estimator_lr_scale: Learning-rate multiplier of the ``estimator`` group.
-    """
-
-    anchor: str | None = None
-    unimodal_epochs: int | None = None
-    follower_epochs: int | None = None
-    select_best_branch: bool = True
-    follower_selection: str = "fused"
-    tie_tolerance: float = 0.005
-    follower_init: str = "reset"
-    decoupled: bool = True
-    dynamic_controller: bool = True
-    alpha_con: float = 0.0
-    alpha_com: float = 0.0
-    controller_eps: float = 1e-8
-    controller_batch_size: int | None = None
-    fusion: str = "sum"
-    fusion_head_epochs: int | None = None
-    estimator_hidden: int | None = None
-    estimator_lr_scale: float = 1.0
 
 
 @register_method("udi")
@@ -315,7 +266,7 @@ class UDI(Method):
 
     def _cls_names(self, stage_name: str) -> list[str]:
         """Branches of the multimodal task loss ``L_cls`` of Eq. 13 (trained so far)."""
-        if stage_name == JOINT:
+        if not stage_name.startswith(FOLLOWER):
             return list(self.names)
         return self.order_names[: self._stage_follower(stage_name) + 1]
 
@@ -460,14 +411,16 @@ class UDI(Method):
 
     @torch.no_grad()
     def _score_branches(self, ctx: StepContext) -> tuple[float, list[float], list[float]]:
-        """Fused validation accuracy, and accuracy and mean predictive entropy per branch."""
+        """Validation accuracy of the branches trained so far, fused (Appendix A.2), and
+        accuracy and mean predictive entropy per branch."""
         split = ctx.valid_split
         if split is None:
             log.warning("udi: no validation split in the step context; ranking on training data")
             split = ctx.train_split
         fused_logits, uni, target = predict_split(self, split)
         present = {n: split.present[n].cpu() for n in self.names}
-        return branch_scores(fused_logits, {n: uni[n] for n in self.names}, target, present)
+        return branch_scores(fused_logits, {n: uni[n] for n in self.names}, target, present,
+                             self._cls_names(ctx.stage.name))
 
     @torch.no_grad()
     def on_epoch_end(self, ctx: StepContext) -> dict[str, float]:

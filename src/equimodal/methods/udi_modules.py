@@ -1,9 +1,10 @@
-"""Building blocks of UDI (Wang et al.): the variational estimator ``q_phi``, anchor ranking,
-the dynamic controller (Eq. 13-16) and flat snapshots of branch weights kept in buffers."""
+"""Building blocks of UDI (Wang et al.): its config, the variational estimator ``q_phi``, anchor
+ranking, the dynamic controller (Eq. 13-16) and flat snapshots of branch weights in buffers."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,6 +12,60 @@ from torch import Tensor, nn
 
 from equimodal.losses.consistency import predictive_entropy
 from equimodal.losses.mi import club_nll, club_upper_bound
+from equimodal.methods.base import MethodConfig
+
+
+@dataclass
+class UDIConfig(MethodConfig):
+    """UDI hyper-parameters (paper defaults where it states them).
+
+    Attributes:
+        anchor: Force this modality as the anchor (Appendix A.7); ``None`` selects it.
+        unimodal_epochs: Epochs of the anchor-selection stage (``None``: ``train.epochs``).
+        follower_epochs: Epochs of each follower stage (``None``: ``train.epochs``).
+        select_best_branch: Keep each branch's own best-validation epoch of the selection
+            stage (the anchor "trained to convergence"); ``False``: the engine restores all
+            branches to the epoch of best summed-logit validation accuracy.
+        follower_selection: Epoch kept for each follower: ``fused`` = best fused validation
+            accuracy, ties broken by the follower's own accuracy (a strong anchor saturates
+            the fused score); ``follower`` = the follower's own accuracy first.
+        tie_tolerance: Validation accuracies within this gap count as "similar"; the lower
+            predictive entropy then wins (Sec. 3.1; the paper gives no number).
+        follower_init: ``reset`` (a follower restarts from its initial weights, Algorithm 1)
+            or ``unimodal`` (it starts from its selection-stage weights).
+        decoupled: Decoupled optimisation, "DO" of Table 2 (``False``: one joint stage).
+        dynamic_controller: Dynamic controller, "DC" of Table 2 (Eq. 13-16); ``False`` uses
+            the fixed ``alpha_con`` / ``alpha_com`` (Table 3).
+        alpha_con: Fixed consistency weight when the controller is off (Table 2 "no DC" is
+            (0, 0), the same numbers as Table 3's (0, 0) row).
+        alpha_com: Fixed complementary (MI) weight when the controller is off.
+        controller_eps: The ``epsilon`` of Eq. 16.
+        controller_batch_size: Size of the controller's mini-batch (``None``: the training
+            batch size; the paper uses one mini-batch per epoch).
+        fusion: ``sum`` of branch logits (paper, two modalities) or ``concat`` (a linear
+            head on concatenated frozen features, trained in a last stage; paper's MOSEI).
+        fusion_head_epochs: Epochs of the ``fusion_head`` stage (``None``: ``train.epochs``).
+        estimator_hidden: Hidden width of ``q_phi`` (``None``: the feature width).
+        estimator_lr_scale: Learning-rate multiplier of the ``estimator`` group.
+    """
+
+    anchor: str | None = None
+    unimodal_epochs: int | None = None
+    follower_epochs: int | None = None
+    select_best_branch: bool = True
+    follower_selection: str = "fused"
+    tie_tolerance: float = 0.005
+    follower_init: str = "reset"
+    decoupled: bool = True
+    dynamic_controller: bool = True
+    alpha_con: float = 0.0
+    alpha_com: float = 0.0
+    controller_eps: float = 1e-8
+    controller_batch_size: int | None = None
+    fusion: str = "sum"
+    fusion_head_epochs: int | None = None
+    estimator_hidden: int | None = None
+    estimator_lr_scale: float = 1.0
 
 
 class GaussianEstimator(nn.Module):
@@ -84,7 +139,8 @@ def rank_branches(
 
 
 def branch_scores(
-    fused: Tensor, unimodal: dict[str, Tensor], target: Tensor, present: dict[str, Tensor]
+    fused: Tensor, unimodal: dict[str, Tensor], target: Tensor, present: dict[str, Tensor],
+    fused_names: Sequence[str] | None = None,
 ) -> tuple[float, list[float], list[float]]:
     """Accuracy of the fused logits, and accuracy and mean predictive entropy of each
     branch over the samples that have its modality (the anchor criteria of Sec. 3.1).
@@ -94,11 +150,16 @@ def branch_scores(
         unimodal: Modality -> ``[N, C]`` branch logits (in the order to report).
         target: ``[N]`` class labels.
         present: Modality -> ``[N]`` bool presence.
+        fused_names: Score the sum of these branches' logits instead of ``fused``: the
+            fused output of the branches trained so far (``y^{ab}`` of Appendix A.2), so a
+            branch not yet trained cannot steer a follower's epoch selection.
 
     Returns:
         ``(fused_accuracy, accuracies, entropies)``; a branch without samples scores 0 with
         infinite entropy.
     """
+    if fused_names is not None:
+        fused = torch.stack([unimodal[n] for n in fused_names]).sum(0)
     fused_acc = float((fused.argmax(1) == target).float().mean())
     scores, entropies = [], []
     for name, logits in unimodal.items():

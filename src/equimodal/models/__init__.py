@@ -12,6 +12,7 @@ from equimodal.models.fusion import (
     build_fusion,
 )
 from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
+from equimodal.models.resnet import ResNet18Encoder as ResNet18Encoder  # registers resnet18
 
 __all__ = [
     "ConcatFusion",

@@ -227,22 +227,27 @@ class MulTStreams(nn.Module):
         embed_dropout: Input dropout inside every transformer.
         primary: The text-like modality.
         causal: Future mask in every transformer.
+        targets: Target modalities that get streams and a memory (``None``: all; MulT's
+            ``lonly`` / ``aonly`` / ``vonly`` ablation keeps one, Table 3 ``[V,A -> L]``).
     """
 
     def __init__(self, names: Sequence[str], dim: int, heads: int, layers: int, mem_layers: int,
                  attn_dropout: float = 0.1, attn_dropout_other: float = 0.0,
                  relu_dropout: float = 0.1, res_dropout: float = 0.1,
                  embed_dropout: float = 0.25, primary: str | None = None,
-                 causal: bool = False) -> None:
+                 causal: bool = False, targets: Sequence[str] | None = None) -> None:
         super().__init__()
         self.names = list(names)
         if len(self.names) < 2:
             raise ValueError("cross-modal streams need at least two modalities")
+        self.targets = self.names if targets is None else [t for t in self.names if t in targets]
+        if targets is not None and (not self.targets or set(targets) - set(self.names)):
+            raise ValueError(f"targets {list(targets)} must be a non-empty subset of {self.names}")
         primary = primary or self.names[0]
         self.cross = nn.ModuleDict()
         self.memory = nn.ModuleDict()
         m = len(self.names)
-        for tgt in self.names:
+        for tgt in self.targets:
             drop = attn_dropout if tgt == primary else attn_dropout_other
             for src in self.names:
                 if src != tgt:
@@ -268,7 +273,7 @@ class MulTStreams(nn.Module):
     def forward(self, seqs: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """Memory outputs per target ``[B, T_tgt, (M - 1) d]``."""
         out = {}
-        for tgt in self.names:
+        for tgt in self.targets:
             streams = [self.stream(src, tgt, seqs, masks) for src in self.names if src != tgt]
             out[tgt] = self.memory[tgt](torch.cat(streams, dim=-1), masks[tgt])
         return out

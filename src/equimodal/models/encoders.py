@@ -3,6 +3,10 @@ sequence encoders can also return per-frame features ``[B, T, H]`` via ``forward
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -159,14 +163,35 @@ def build_encoder(
     dropout: float = 0.0,
     heads: int = 4,
     seq_encoder: str = "transformer",
+    extra: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Build an encoder for one modality; ``auto`` = MLP for vectors, ``seq_encoder`` otherwise."""
+    """Build an encoder for one modality; ``auto`` = MLP for vectors, ``seq_encoder`` otherwise.
+
+    Args:
+        spec: The modality (its feature size, vector or sequence).
+        kind: Registered encoder name or ``auto``.
+        hidden: Output feature size H.
+        layers: Depth.
+        dropout: Dropout inside the encoder.
+        heads: Attention heads (transformer).
+        seq_encoder: Encoder for sequences under ``auto``.
+        extra: Further keyword arguments of the encoder's constructor (e.g. ``image_shape``).
+
+    Raises:
+        ValueError: ``extra`` names an argument the encoder does not take.
+    """
     if kind == "auto":
         kind = seq_encoder if spec.is_sequence else "mlp"
     cls = ENCODERS.get(kind)
+    kwargs = dict(extra or {})
+    if kwargs:
+        accepted = inspect.signature(cls).parameters
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise ValueError(f"model.encoder_kwargs for modality {spec.name!r}: encoder "
+                             f"{kind!r} takes no argument(s) {unknown}")
     if cls is TransformerEncoder:
-        return TransformerEncoder(
-            spec.dim, hidden, layers, heads, dropout, max_len=max(spec.seq_len or 1, 1)
-        )
-    module: nn.Module = cls(spec.dim, hidden, layers, dropout=dropout)
+        kwargs.setdefault("max_len", max(spec.seq_len or 1, 1))
+        return TransformerEncoder(spec.dim, hidden, layers, heads, dropout, **kwargs)
+    module: nn.Module = cls(spec.dim, hidden, layers, dropout=dropout, **kwargs)
     return module

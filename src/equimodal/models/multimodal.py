@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from equimodal.config import ModelConfig
@@ -67,11 +69,19 @@ def build_multimodal_model(
     names = modalities or info.modality_names
     for n in names:
         info.check_modality(n)
+    for field_name, mapping in (("encoders", cfg.encoders), ("encoder_kwargs", cfg.encoder_kwargs)):
+        for key in mapping:
+            if key != "*" or field_name == "encoders":
+                info.check_modality(key)  # a typo must not silently fall back to the default
+
+    def extra(n: str) -> dict[str, Any]:
+        return {**cfg.encoder_kwargs.get("*", {}), **cfg.encoder_kwargs.get(n, {})}
+
     encoders = nn.ModuleDict(
         {
             n: build_encoder(
-                info.modalities[n], cfg.encoder, cfg.hidden, cfg.layers, cfg.dropout, cfg.heads,
-                cfg.seq_encoder,
+                info.modalities[n], cfg.encoders.get(n, cfg.encoder), cfg.hidden, cfg.layers,
+                cfg.dropout, cfg.heads, cfg.seq_encoder, extra(n),
             )
             for n in names
         }

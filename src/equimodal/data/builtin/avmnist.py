@@ -157,8 +157,11 @@ def fsdd_features(
     """
     n_samples = max(1, round(max_seconds * SAMPLE_RATE))
     _, hop, _ = frame_params(SAMPLE_RATE)
+    # The folder is part of the key: chunks are checked by file name only, and another
+    # folder (e.g. a test fixture) may hold other recordings under the same names.
     settings = {"v": FEATURE_VERSION, "n_mels": n_mels, "n_mfcc": n_mfcc, "n": n_samples,
-                "snr": audio_snr_db, "noise_seed": noise_seed if audio_snr_db is not None else 0}
+                "snr": audio_snr_db, "noise_seed": noise_seed if audio_snr_db is not None else 0,
+                "folder": str(index.folder.resolve())}
     cache = cache_dir() / "avmnist" / f"fsdd-{settings_key(settings)}"
 
     def item(name: str) -> dict[str, np.ndarray]:
@@ -330,6 +333,7 @@ def avmnist(
     n_test: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    fsdd_dir: str | None = None,
 ) -> MultimodalData:
     """AV-MNIST: FSDD spoken digits ('audio') + MNIST images ('image') paired by label.
 
@@ -358,10 +362,11 @@ def avmnist(
         n_train: Cap on training samples (seeded subset). n_valid, n_test: the same.
         seed: Seed of the validation carve-out, the pairing, the caps and the noise.
         progress: Show a progress bar while computing audio features.
+        fsdd_dir: Folder of the FSDD WAVs (default ``<shared data>/fsdd/recordings``).
     """
     if view not in ("vector", "sequence"):
         raise DataError(f"avmnist: view must be 'vector' or 'sequence', got {view!r}")
-    index = fsdd_index()
+    index = fsdd_index(Path(fsdd_dir) if fsdd_dir is not None else None)
     mnist = load_mnist_arrays(raw=True)
     plan = avmnist_plan(index, {s: mnist[s][1] for s in SPLITS}, protocol=protocol,
                         test_speaker=test_speaker, valid_frac=valid_frac,

@@ -310,6 +310,10 @@ def assemble(
     if report:
         summary = "; ".join(f"{s}: {r}" for s, r in report.items())
         description = f"{description} Excluded samples: {summary}.".strip()
+        # One total line per load, so a run's log says how many samples it lost and why.
+        total = sum(sum(r.values()) for r in report.values())
+        log.log(logging.WARNING if skip_bad else logging.INFO,
+                "%s: %d sample(s) excluded in total: %s", source, total, summary)
     base = build_data(name, task, num_outputs, built, description,
                       tuple(class_names) if class_names is not None else None)
     return LoadedData(base.info, base.train, base.valid, base.test, base.description, report)
