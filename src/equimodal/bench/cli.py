@@ -149,12 +149,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from equimodal.bench.store import load_results
-    from equimodal.bench.tables import all_tables, render, runs_table
+    from equimodal.bench.tables import all_tables, render, runs_table, transpose
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
     df = load_results(args.db, split(args.method), split(args.dataset), split(args.status))
     if args.format in ("markdown", "latex"):
-        print(render(all_tables(df, args.metric), args.format))
+        tables = all_tables(df, args.metric)
+        if args.transpose:  # only the per-modality layout has methods as columns
+            tables = [transpose(t) if t.rank_along == "row" else t for t in tables]
+        print(render(tables, args.format))
         return 0
     if args.format == "json":
         cols = [c for c in df.columns if c not in ("traceback",)]
@@ -223,6 +226,8 @@ def add_bench_parsers(sub: Any) -> None:
                    choices=["table", "csv", "json", "markdown", "latex"],
                    help="table/csv/json: one line per run; markdown/latex: paper tables")
     p.add_argument("--metric", help="metric of the paper tables (default per task)")
+    p.add_argument("--transpose", action="store_true",
+                   help="methods as rows in the per-modality tables (easier with many methods)")
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("report", help="write a self-contained HTML report")

@@ -153,6 +153,20 @@ def _notes(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
+def latest_per_point(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the newest run of each (method, label, seed); return it and how many were dropped.
+
+    Rerunning a grid after changing its config (more epochs, another method setting) adds
+    runs under new digests next to the old ones; averaging both would mix two experiments
+    and overstate the number of seeds.
+    """
+    if runs.empty or "updated_at" not in runs:
+        return runs, 0
+    order = runs.sort_values("updated_at", kind="stable")
+    keep = order.drop_duplicates(["method", "label", "seed"], keep="last")
+    return keep.sort_index(), len(runs) - len(keep)
+
+
 def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
                   methods: Sequence[str] | None = None) -> Table:
     """The paper table of one dataset label.
@@ -164,7 +178,7 @@ def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
             regression, which uses the MSA layout.
         methods: Preferred column order (others follow, sorted).
     """
-    runs = df[df["label"] == label]
+    runs, superseded = latest_per_point(df[df["label"] == label])
     done = runs[runs["status"] == "finished"]
     task = next((t for t in done.get("task", pd.Series(dtype=object)) if t), None)
     names = _order(list(runs["method"].unique()), methods)
@@ -191,7 +205,25 @@ def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
         title = f"{label}: {metric} (test, mean±std over {n_seeds} seeds)"
         table = Table(title, "", rows, shown, cells, rank_along="row")
     table.notes = _notes(runs)
+    if superseded:
+        table.notes.append(f"{superseded} older run(s) of the same method, dataset and seed "
+                           "under another config were left out (`equimodal results` lists "
+                           "them)")
     return mark(table)
+
+
+def transpose(table: Table) -> Table:
+    """The same table with rows and columns swapped (methods as rows, for many methods).
+
+    Best / second-best marks compare the same cells as before: the ranking direction flips
+    with the layout.
+    """
+    cells = [[table.cells[i][j] for i in range(len(table.rows))] for j in range(len(table.cols))]
+    along = "col" if table.rank_along == "row" else "row"
+    corner = "method" if table.corner == "" else ""
+    flipped = Table(table.title, corner, list(table.cols), list(table.rows), cells,
+                    rank_along=along, notes=list(table.notes), ranked=table.ranked)
+    return mark(flipped)
 
 
 def all_tables(df: pd.DataFrame, metric: str | None = None,
