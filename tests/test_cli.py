@@ -45,3 +45,13 @@ def test_bad_input_gives_one_line_error(args: list[str], message: str, capsys, t
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1
+
+
+def test_train_prints_graph_diagnostics_of_scope(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["train", "--method", "scope", "--data", "synthetic", "--epochs", "1",
+            "--out", str(tmp_path), "--no-progress", *DATA]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    lines = [ln.split() for ln in out.splitlines() if ln.strip().startswith("dirichlet_")]
+    assert {ln[0] for ln in lines} == {"dirichlet_in", "dirichlet_prop", "dirichlet_out"}
+    assert all(float(ln[1]) >= 0 for ln in lines)  # an energy is a sum of squared norms

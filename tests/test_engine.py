@@ -174,3 +174,12 @@ def test_regression_and_multilabel_tasks_train() -> None:
                         train=TrainConfig(epochs=3, progress=False, device="cpu"))
         result = fit(cfg)
         assert math.isfinite(result.test[key])
+
+
+def test_unimodal_baseline_reports_only_the_modality_it_reads() -> None:
+    cfg = RunConfig(method="unimodal", dataset="synthetic", method_cfg={"modality": "b"},
+                    data={"n_train": 60, "n_valid": 30, "n_test": 30},
+                    train=TrainConfig(epochs=1, progress=False))
+    test = fit(cfg).test
+    assert "b/accuracy" in test and not any(k.startswith("a/") for k in test)
+    assert test["b/accuracy"] == test["accuracy"]  # its unimodal read-out is its prediction

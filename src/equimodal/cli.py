@@ -121,6 +121,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(format_metrics(result.valid, info_kind, mods))
     print("test:")
     print(format_metrics(result.test, info_kind, mods))
+    # Method diagnostics logged per epoch (e.g. SCOPE's Dirichlet energy over its semantic
+    # graph, EBMC's modality contributions): the last epoch's values, one line each.
+    last = result.history[-1] if result.history else {}
+    diag = {k.split("/", 1)[1]: v for k, v in last.items()
+            if k.startswith("train/") and ("dirichlet" in k or "contribution" in k)}
+    if diag:
+        print("diagnostics (last epoch):")
+        for key, value in sorted(diag.items()):
+            print(f"  {key:<28}{value:.4f}")
     return 0
 
 

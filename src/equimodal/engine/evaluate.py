@@ -71,7 +71,9 @@ def evaluate(
     metrics = compute_task_metrics(info.kind, fused, target)
     if not unimodal or modalities is not None:
         return metrics
-    for name in info.modality_names:
+    # A method that reads only some modalities (``unimodal``) names them: a score for a
+    # modality it never sees would be a meaningless number next to real ones.
+    for name in getattr(method, "modalities_in_use", None) or info.modality_names:
         if name in uni:
             scores = compute_task_metrics(info.kind, uni[name], target)
         else:

@@ -95,6 +95,11 @@ class Unimodal(Method):
         cfg.modality = name  # resolved, so the saved config names it
         return build_multimodal_model(info, replace(model_cfg, fusion="concat"), [name])
 
+    @property
+    def modalities_in_use(self) -> list[str]:
+        """The one modality this baseline reads (evaluation reports no score for the rest)."""
+        return [self.cfg.modality or self.info.modality_names[0]]
+
     def forward(self, batch: Batch) -> ModelOutput:
         """Predict from the chosen modality alone."""
         out: ModelOutput = self.model(batch)

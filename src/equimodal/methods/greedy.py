@@ -36,7 +36,7 @@ from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.models.encoders import build_encoder
+from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -175,11 +175,7 @@ class Greedy(Method):
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
         """Generic encoders, a linear head per branch and an MMTM between the branches."""
-        encoders = nn.ModuleDict({
-            n: build_encoder(spec, model_cfg.encoder, model_cfg.hidden, model_cfg.layers,
-                             model_cfg.dropout, model_cfg.heads, model_cfg.seq_encoder)
-            for n, spec in info.modalities.items()
-        })
+        encoders = build_encoders(info, model_cfg)
         heads = nn.ModuleDict({n: nn.Linear(model_cfg.hidden, info.num_outputs)
                                for n in info.modality_names})
         mmtm = MMTM([model_cfg.hidden] * len(info.modalities), cfg.squeeze_ratio)

@@ -33,7 +33,7 @@ from equimodal.config import ModelConfig
 from equimodal.engine.context import StepContext
 from equimodal.losses.modulation import entropy_fusion_weights, isolated_grads, owm_update
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.models.encoders import build_encoder
+from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -116,11 +116,7 @@ class MLA(Method):
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
         """Generic encoders (same width) and one shared linear head."""
-        encoders = nn.ModuleDict({
-            n: build_encoder(spec, model_cfg.encoder, model_cfg.hidden, model_cfg.layers,
-                             model_cfg.dropout, model_cfg.heads, model_cfg.seq_encoder)
-            for n, spec in info.modalities.items()
-        })
+        encoders = build_encoders(info, model_cfg)
         return SharedHeadModel(encoders, nn.Linear(model_cfg.hidden, info.num_outputs))
 
     def __init__(self, model: nn.Module, info: TaskInfo, cfg: MLAConfig) -> None:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from equimodal.config import ModelConfig, TrainConfig
 from equimodal.engine.context import StepContext
 from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
-from equimodal.models.encoders import build_encoder
+from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -137,11 +137,7 @@ class ReconBoost(Method):
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
         """Generic encoders, MLP learner head(s) and the boost rate."""
-        encoders = nn.ModuleDict({
-            n: build_encoder(spec, model_cfg.encoder, model_cfg.hidden, model_cfg.layers,
-                             model_cfg.dropout, model_cfg.heads, model_cfg.seq_encoder)
-            for n, spec in info.modalities.items()
-        })
+        encoders = build_encoders(info, model_cfg)
         keys = ["shared"] if cfg.shared_head else info.modality_names
         heads = nn.ModuleDict({k: _mlp(model_cfg.hidden, info.num_outputs) for k in keys})
         return BoostEnsemble(encoders, heads)

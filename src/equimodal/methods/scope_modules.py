@@ -22,7 +22,8 @@ from equimodal.losses.graphs import (
     semantic_graph_from_dists,
 )
 from equimodal.methods.gat_stack import GATStack
-from equimodal.models.encoders import build_encoder, length_mask, masked_mean
+from equimodal.models.encoders import length_mask, masked_mean
+from equimodal.models.multimodal import build_encoders
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
 GRAPH_FUSIONS = ("diffusion", "gat_stack")
@@ -265,11 +266,7 @@ class ScopeNet(nn.Module):
         d = model_cfg.hidden
         heads = math.gcd(d, cfg.heads)  # a head count that divides d (cfg.heads when it does)
         self.names, self.dim, self.cfg = names, d, cfg
-        self.encoders = nn.ModuleDict({
-            n: build_encoder(info.modalities[n], model_cfg.encoder, d, model_cfg.layers,
-                             model_cfg.dropout, model_cfg.heads, model_cfg.seq_encoder)
-            for n in names
-        })
+        self.encoders = build_encoders(info, model_cfg, names, hidden=d)
         self.sa: nn.ModuleDict | None = nn.ModuleDict(
             {n: SelfAttentionBlock(d, heads, model_cfg.dropout) for n in names}
         ) if cfg.use_sa else None

@@ -11,7 +11,7 @@ from equimodal.models.fusion import (
     SumFusion,
     build_fusion,
 )
-from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
+from equimodal.models.multimodal import MultimodalModel, build_encoders, build_multimodal_model
 from equimodal.models.resnet import ResNet18Encoder as ResNet18Encoder  # registers resnet18
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "SumFusion",
     "TransformerEncoder",
     "build_encoder",
+    "build_encoders",
     "build_fusion",
     "build_multimodal_model",
 ]

@@ -62,30 +62,46 @@ class MultimodalModel(nn.Module):
         return self.fuse(batch, self.encode(batch))
 
 
+def build_encoders(
+    info: TaskInfo, cfg: ModelConfig, modalities: list[str] | None = None,
+    hidden: int | None = None,
+) -> nn.ModuleDict:
+    """One encoder per modality from ``cfg``, honouring ``cfg.encoders`` / ``encoder_kwargs``.
+
+    Methods that build their own model use this too, so per-modality encoder settings apply
+    to every method alike.
+
+    Args:
+        info: The task (modality shapes).
+        cfg: Backbone settings.
+        modalities: Modalities to encode (default: all of the task's).
+        hidden: Output feature size (default ``cfg.hidden``).
+
+    Raises:
+        KeyError: A modality named in ``modalities`` or in the per-modality settings is not
+            one of the data's (a typo must not silently fall back to the default encoder).
+    """
+    names = modalities or info.modality_names
+    for n in [*names, *cfg.encoders, *(k for k in cfg.encoder_kwargs if k != "*")]:
+        info.check_modality(n)
+    width = cfg.hidden if hidden is None else hidden
+
+    def extra(n: str) -> dict[str, Any]:
+        return {**cfg.encoder_kwargs.get("*", {}), **cfg.encoder_kwargs.get(n, {})}
+
+    return nn.ModuleDict({
+        n: build_encoder(info.modalities[n], cfg.encoders.get(n, cfg.encoder), width,
+                         cfg.layers, cfg.dropout, cfg.heads, cfg.seq_encoder, extra(n))
+        for n in names
+    })
+
+
 def build_multimodal_model(
     info: TaskInfo, cfg: ModelConfig, modalities: list[str] | None = None
 ) -> MultimodalModel:
     """Build encoders for ``modalities`` (default: all of the task's) and the configured fusion."""
     names = modalities or info.modality_names
-    for n in names:
-        info.check_modality(n)
-    for field_name, mapping in (("encoders", cfg.encoders), ("encoder_kwargs", cfg.encoder_kwargs)):
-        for key in mapping:
-            if key != "*" or field_name == "encoders":
-                info.check_modality(key)  # a typo must not silently fall back to the default
-
-    def extra(n: str) -> dict[str, Any]:
-        return {**cfg.encoder_kwargs.get("*", {}), **cfg.encoder_kwargs.get(n, {})}
-
-    encoders = nn.ModuleDict(
-        {
-            n: build_encoder(
-                info.modalities[n], cfg.encoders.get(n, cfg.encoder), cfg.hidden, cfg.layers,
-                cfg.dropout, cfg.heads, cfg.seq_encoder, extra(n),
-            )
-            for n in names
-        }
-    )
+    encoders = build_encoders(info, cfg, names)
     dims = {n: cfg.hidden for n in names}
     fusion = build_fusion(cfg.fusion, dims, info.num_outputs, cfg.hidden)
     heads = None
