@@ -282,14 +282,14 @@ def test_local_pool_runs_in_worker_processes(tmp_path: Path) -> None:
 def test_ray_backend_runs_the_same_grid(tmp_path: Path) -> None:
     import ray
 
-    from equimodal.bench.launchers import RayLauncher
+    from equimodal.bench.launchers import RayLauncher, init_local_ray
 
     suite = tiny_suite(["concat"], seeds=1)
     suite.datasets.append(DatasetEntry("not_a_dataset", "ghost", optional=True))
     points = expand(suite, ["concat"])
     # One local instance for the whole test (starting Ray costs ~10 s): a launcher that finds
     # Ray initialised uses it and leaves it running.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=2)
     try:
         summary = run_grid(points, tmp_path, RayLauncher(threads=1), threads=1)
         assert ray.is_initialized()
