@@ -345,5 +345,6 @@ def test_cards_markdown_and_presets() -> None:
     from equimodal.data.cards import PRESETS, markdown
 
     table = markdown({"mfeat": {"pix (unimodal)": [0.9, 1.0], "concat": [1.0, 1.0]}})
-    assert "| `mfeat` | pix (unimodal) | 0.950 ± 0.050 | 2 |" in table
+    # sample std (ddof=1) of 0.9 and 1.0 is 0.0707
+    assert "| `mfeat` | pix (unimodal) | 0.950 ± 0.071 | 2 |" in table
     assert {d for d, _ in PRESETS.values()} == {"avmnist", "cgmnist", "cgdigits", "mfeat"}

@@ -8,8 +8,9 @@ from it::
 For each dataset preset and seed ``s`` it loads the data with ``seed=s`` (split / pairing /
 colors) and trains, with ``train.seed=s`` and the default model / training settings (or
 ``--epochs`` / ``--set`` overrides), one ``unimodal`` model per modality and one ``concat``
-model, then prints test accuracy as mean ± std (population std) over the seeds as a
-Markdown table. Runs are saved under ``--out`` and reused when the command is repeated.
+model, then prints test accuracy as mean ± std over the seeds (sample std, as everywhere in
+equimodal) as a Markdown table. Runs are saved under ``--out`` and reused when the command
+is repeated.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,13 @@ def measure(
 
 def markdown(results: dict[str, dict[str, list[float]]]) -> str:
     """A Markdown table: dataset, model, test accuracy mean ± std over seeds."""
+    from equimodal.metrics import mean_std
+
     lines = ["| dataset | model | test accuracy | seeds |", "|---|---|---|---|"]
     for label, rows in results.items():
         for row, accs in rows.items():
-            a = np.asarray(accs)
-            lines.append(f"| `{label}` | {row} | {a.mean():.3f} ± {a.std():.3f} | {len(a)} |")
+            mean, std = mean_std(accs)
+            lines.append(f"| `{label}` | {row} | {mean:.3f} ± {std:.3f} | {len(accs)} |")
     return "\n".join(lines)
 
 
