@@ -55,3 +55,22 @@ def test_train_prints_graph_diagnostics_of_scope(tmp_path: Path, capsys) -> None
     lines = [ln.split() for ln in out.splitlines() if ln.strip().startswith("dirichlet_")]
     assert {ln[0] for ln in lines} == {"dirichlet_in", "dirichlet_prop", "dirichlet_out"}
     assert all(float(ln[1]) >= 0 for ln in lines)  # an energy is a sum of squared norms
+
+
+def test_preset_expands_before_user_overrides(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from equimodal.cli import expand_preset
+    from fixtures_formats import write_mmsa
+
+    argv = expand_preset(["train", "--method", "concat", "--preset", "mosi:f1",
+                          "-s", "train.epochs=1"])
+    assert argv[:3] == ["train", "--data", "mmsa"]
+    assert "train.select_metric=f1_non0" in argv
+    assert argv.index("train.epochs=40") < argv.index("train.epochs=1")  # the user's wins
+    bench = expand_preset(["bench", "--preset", "mosi", "--seeds", "2"])
+    assert bench.count("--seeds") == 1 and bench[-2:] == ["--seeds", "2"]
+    path = write_mmsa(tmp_path / "mosi.pkl")
+    code = main(["train", "--method", "concat", "--preset", "mosi", "-s", f"data.path={path}",
+                 "--epochs", "1", "--out", str(tmp_path / "runs"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "mae" in out and "corr" in out
+    assert main(["list", "--preset", "mosi"]) == 2  # only train and bench take a preset

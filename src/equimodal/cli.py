@@ -169,6 +169,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON or TOML file with a RunConfig")
     p.add_argument("--set", "-s", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a field, e.g. train.lr=0.01, method.alpha=0.5, data.seed=1")
+    p.add_argument("--preset", metavar="NAME[:SELECT]",
+                   help="evaluation protocol preset: mosi, mosei or sims (MSA protocol; "
+                        "optional :f1 / :mae selection), expanded before your --set values")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
@@ -211,11 +214,49 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_preset(argv: list[str]) -> list[str]:
+    """Replace ``--preset NAME[:SELECT]`` by the preset's own arguments.
+
+    The preset's arguments go right after the sub-command, so the user's ``--set`` values
+    (applied later) override them. ``train`` gets the preset's dataset and overrides;
+    ``bench`` also its seeds (MSA: 1111-1115) unless ``--seeds`` is given.
+
+    Raises:
+        ValueError: ``--preset`` without a value, or an unknown preset.
+    """
+    if "--preset" not in argv:
+        return argv
+    i = argv.index("--preset")
+    if i + 1 >= len(argv):
+        raise ValueError("--preset needs a name: mosi, mosei or sims")
+    name, _, select = argv[i + 1].partition(":")
+    rest = argv[:i] + argv[i + 2:]
+    from equimodal.presets import msa_preset
+
+    preset = msa_preset(name, select=select or "mae")
+    command = rest[0] if rest else ""
+    if command == "bench":
+        extra = preset.bench_cli().split()
+        if "--seeds" in rest:  # the user's seeds win: drop the preset's pair of tokens
+            j = extra.index("--seeds")
+            extra = extra[:j] + extra[j + 2:]
+    elif command == "train":
+        extra = preset.cli().split()
+    else:
+        raise ValueError("--preset goes with `equimodal train` or `equimodal bench`")
+    return [command, *extra, *rest[1:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line message on bad input)."""
     from equimodal.data.dataset import DataError
 
     parser = make_parser()
+    try:
+        argv = expand_preset(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as err:
+        print(f"equimodal: error: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
