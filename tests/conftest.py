@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,16 @@ from equimodal.registry import load_dataset
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker: xdist already uses every core; more threads only contend.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Every test's models are tiny: one intra-op thread is faster than several and immune
+    to a busy machine (tiny convs were measured ~80x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

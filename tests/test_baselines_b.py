@@ -28,13 +28,6 @@ from equimodal.registry import create_method, load_dataset
 NAMES = ["relearning", "gblending", "cml", "lfm", "inforeg", "valuation", "crmt"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny models: one intra-op thread is faster and immune to CPU contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

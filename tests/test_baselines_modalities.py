@@ -11,7 +11,6 @@ re-balance, MMPareto's per-encoder combination) are checked against hand computa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,13 +32,6 @@ BASELINES = ["ogm_ge", "agm", "pmr", "mmpareto", "mla", "reconboost", "relearnin
 MODEL = ModelConfig(hidden=16, layers=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

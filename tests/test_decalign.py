@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import ot
 import pytest
 import torch
@@ -25,13 +23,6 @@ from equimodal.types import Batch, ModalitySpec, TaskInfo
 MODEL = ModelConfig(hidden=16, layers=1, heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: extra intra-op threads only contend (10x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _data(task: str = "classification", m: int = 2, seq_len: int = 5) -> MultimodalData:

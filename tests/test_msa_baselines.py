@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +27,6 @@ MSA = ("mult", "misa", "selfmm", "dmd")
 MODEL = ModelConfig(hidden=16, layers=1, heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: extra intra-op threads only contend on a busy 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _seq_data(task: str = "regression", n_train: int = 96, seed: int = 0) -> MultimodalData:

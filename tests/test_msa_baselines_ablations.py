@@ -3,8 +3,6 @@ final gate, classification heads on 3-modality sequences and the preset's comman
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -17,13 +15,6 @@ from equimodal.registry import create_method, load_dataset
 MODEL = ModelConfig(hidden=16, layers=1, heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: extra intra-op threads only contend on a busy 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _seq_data(task: str = "regression", n_train: int = 96, seed: int = 0) -> MultimodalData:

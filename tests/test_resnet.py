@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ from equimodal.types import ModalitySpec, TaskInfo
 SMALL = 0.125  # width multiplier that keeps the tests fast (channels 8, 16, 32, 64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny convs on a shared 2-core box: intra-op threads spin against each other and the
-    # benchmarks (measured ~80x slower fwd/bwd with 2 threads under load than with 1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _conv(cin: int, cout: int, k: int) -> int:

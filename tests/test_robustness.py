@@ -20,15 +20,6 @@ from equimodal.eval import (
 from equimodal.registry import create_method, load_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: one intra-op thread is faster and immune to CPU contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def seq3() -> MultimodalData:
     """Three modalities: two sequences with random lengths, one vector."""
