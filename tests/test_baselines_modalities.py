@@ -11,21 +11,19 @@ re-balance, MMPareto's per-encoder combination) are checked against hand computa
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from equimodal.config import ModelConfig, TrainConfig
+from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
-from equimodal.engine import StepContext
-from equimodal.engine.optim import build_optimizer
 from equimodal.losses.modulation import agm_ratios, scale_grad
 from equimodal.losses.prototypes import prototype_cross_entropy, prototype_entropy
 from equimodal.methods.check import check_method
 from equimodal.methods.mmpareto import combine_pair
-from equimodal.registry import METHODS, create_method, load_dataset
+from equimodal.registry import METHODS, load_dataset
+from test_baselines_a import _ctx, _grads, _method  # one helper for both files
 
 BASELINES = ["ogm_ge", "agm", "pmr", "mmpareto", "mla", "reconboost", "relearning",
              "gblending", "cml", "lfm", "inforeg", "greedy", "opm", "valuation", "crmt"]
@@ -42,27 +40,6 @@ def data3() -> MultimodalData:
         dim=8, latent=4, noise=0.5, n_train=96, n_valid=32, n_test=32, seed=0)
     return d
 
-
-def _method(name: str, data: MultimodalData, model: ModelConfig = MODEL, **cfg: Any) -> Any:
-    torch.manual_seed(0)
-    return create_method(name, data.info, model, **cfg)
-
-
-def _ctx(method: Any, data: MultimodalData, epoch: int = 0) -> StepContext:
-    train = TrainConfig(epochs=30, batch_size=32, lr=1e-2, device="cpu", progress=False)
-    ctx = StepContext(train, torch.device("cpu"), data.train, torch.Generator().manual_seed(0))
-    st = method.stages(train)[0]
-    groups = method.param_groups(st)
-    active = list(st.groups) if st.groups is not None else list(groups)
-    ctx.optimizers = {g: build_optimizer(groups[g], train) for g in active}
-    ctx.group_params = {g: groups[g] for g in active}
-    ctx.stage, ctx.epoch = st, epoch
-    return ctx
-
-
-def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-            for p in module.parameters()]
 
 
 # ----- contract beyond the default setting ----------------------------------------------------

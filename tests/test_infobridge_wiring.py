@@ -13,15 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from equimodal.config import ModelConfig, TrainConfig
+from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
-from equimodal.engine import StepContext, seed_everything
-from equimodal.engine.optim import build_optimizer
+from equimodal.engine import seed_everything
 from equimodal.methods.check import check_method
 from equimodal.methods.infobridge import ABLATIONS
 from equimodal.metrics.diagnostics_kernel import cross_modal_kernel_distances
 from equimodal.registry import create_method, load_dataset
-from equimodal.types import Batch
+from test_infobridge import _batch, _ctx  # one helper for both files
 
 MODEL = ModelConfig(hidden=16, layers=1)
 SMALL: dict[str, Any] = {"n_classes": 3, "dim": 8, "latent": 4, "noise": 0.5,
@@ -40,21 +39,6 @@ def _method(data: MultimodalData, **cfg: Any) -> Any:
     seed_everything(0)
     return create_method("infobridge", data.info, MODEL, **cfg)
 
-
-def _ctx(method: Any, data: MultimodalData) -> StepContext:
-    train = TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", progress=False)
-    ctx = StepContext(train, torch.device("cpu"), data.train, torch.Generator().manual_seed(0))
-    stage = method.stages(train)[0]
-    groups = method.param_groups(stage)
-    opts = method.group_options()
-    ctx.optimizers = {g: build_optimizer(ps, train, opts.get(g)) for g, ps in groups.items()}
-    ctx.group_params = groups
-    ctx.stage = stage
-    return ctx
-
-
-def _batch(data: MultimodalData, start: int = 0, size: int = 32) -> Batch:
-    return data.train.batch(torch.arange(start, start + size))
 
 
 # ----- Eq. 1 / 7 as the method computes it --------------------------------------------------

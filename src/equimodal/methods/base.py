@@ -149,6 +149,18 @@ class Method(nn.Module):
         reg = getattr(self.cfg, "regression_loss", "l1")
         return task_loss(logits, target, self.info.kind, reg, reduction)
 
+    def masked_task_loss(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        """Mean task loss over the rows where ``mask`` holds (zero when none does).
+
+        Unimodal heads / probes are trained only on samples that have their modality; a
+        missing modality is zero-filled, and its logits must not teach anything.
+        """
+        if mask is None or bool(mask.all()):
+            return self.task_loss(logits, target)
+        per = self.task_loss(logits, target, reduction="none")
+        w = mask.to(per.dtype)
+        return (per * w).sum() / w.sum().clamp_min(1.0)
+
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
         """Named loss terms; ``"loss"`` is the one optimised."""
         return {"loss": self.task_loss(out.logits, batch.target)}

@@ -287,9 +287,7 @@ class DecAlign(Method):
         """Task loss of the probe heads on the samples that have each modality."""
         total = out.logits.sum() * 0
         for name, logit in out.unimodal_logits.items():
-            w = batch.present[name].to(logit.dtype)
-            per = self.task_loss(logit, batch.target, reduction="none")
-            total = total + (per * w).sum() / w.sum().clamp_min(1.0)
+            total = total + self.masked_task_loss(logit, batch.target, batch.present[name])
         return total
 
     # ----- contract -----------------------------------------------------------------------

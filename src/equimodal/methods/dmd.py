@@ -434,10 +434,8 @@ class DMD(Method):
         terms = {"task": self.task_loss(out.logits, y), "task_c": self.task_loss(ex["logits_c"], y)}
         aux = zero
         for i in range(len(self.info.modalities)):
-            w = present[i]
             for kind in ("homo_logits", "hetero_logits"):
-                per = self.task_loss(ex[kind][i], y, reduction="none").reshape(-1)
-                aux = aux + (per * w).sum() / w.sum().clamp_min(1.0)
+                aux = aux + self.masked_task_loss(ex[kind][i], y, present[i])
         terms["task_uni"] = aux
         total = terms["task"] + terms["task_c"] + aux
         if cfg.use_decoupling:

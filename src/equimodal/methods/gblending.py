@@ -94,15 +94,6 @@ class UnimodalHeads(nn.Module):
         return {n: head(features[n]) for n, head in self.heads.items()}
 
 
-def masked_loss(method: Method, logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean task loss over the rows where ``mask`` holds (zero if none does)."""
-    if mask is None or bool(mask.all()):
-        return method.task_loss(logits, target)
-    per = method.task_loss(logits, target, reduction="none")
-    w = mask.to(per.dtype)
-    return (per * w).sum() / w.sum().clamp_min(1.0)
-
-
 def ogr_blend_weights(train_before: Tensor, valid_before: Tensor, train_after: Tensor,
                       valid_after: Tensor, eps: float = 1e-8) -> Tensor:
     """G-Blend weights from losses measured at checkpoints ``N`` and ``N + n``.
@@ -206,7 +197,7 @@ class GradientBlending(Method):
 
     def head_losses(self, batch: Batch, out: ModelOutput) -> Tensor:
         """``[M + 1]`` losses: each unimodal head on rows with its modality, then fused."""
-        terms = [masked_loss(self, out.unimodal_logits[n], batch.target, batch.present[n])
+        terms = [self.masked_task_loss(out.unimodal_logits[n], batch.target, batch.present[n])
                  for n in self.names]
         terms.append(self.task_loss(out.logits, batch.target))
         return torch.stack(terms)
@@ -254,7 +245,7 @@ class GradientBlending(Method):
             return self.task_loss(out.logits, batch.target)
         name = self.names[k]
         logits = heads.heads[name](out.features[name])
-        return masked_loss(self, logits, batch.target, batch.present[name])
+        return self.masked_task_loss(logits, batch.target, batch.present[name])
 
     @torch.no_grad()
     def _split_losses(self, model: nn.Module, heads: UnimodalHeads, split: MultimodalSplit,

@@ -32,7 +32,7 @@ from torch.nn.utils import parameters_to_vector
 
 from equimodal.engine.context import StepContext
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import UnimodalHeads, encoder_dims, masked_loss
+from equimodal.methods.gblending import UnimodalHeads, encoder_dims
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -159,7 +159,7 @@ class InfoReg(Method):
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
         """``CE(fused) + sum_m CE_m`` + the dominant modality's proximal term in its window."""
         task = self.task_loss(out.logits, batch.target)
-        uni = sum((masked_loss(self, out.unimodal_logits[n], batch.target, batch.present[n])
+        uni = sum((self.masked_task_loss(out.unimodal_logits[n], batch.target, batch.present[n])
                    for n in self.names), start=task.new_zeros(()))
         prox, d, _ = self.proximal(batch, out)
         if float(prox.detach()) > 0:

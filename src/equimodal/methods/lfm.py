@@ -44,7 +44,7 @@ from equimodal.config import ModelConfig
 from equimodal.engine.context import StepContext
 from equimodal.losses.nce import info_nce
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import encoder_dims, masked_loss
+from equimodal.methods.gblending import encoder_dims
 from equimodal.models.multimodal import build_multimodal_model
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -156,7 +156,7 @@ class LFM(Method):
         loss = self.task_loss(out.logits, batch.target)
         if self.cfg.unimodal_ce:
             for n in self.names:
-                loss = loss + masked_loss(self, out.unimodal_logits[n], batch.target,
+                loss = loss + self.masked_task_loss(out.unimodal_logits[n], batch.target,
                                           batch.present[n])
         return loss
 

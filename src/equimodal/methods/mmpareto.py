@@ -122,13 +122,8 @@ class MMPareto(Method):
 
     def unimodal_losses(self, batch: Batch, out: ModelOutput) -> dict[str, Tensor]:
         """Task loss of every modality's unimodal logits over its present samples."""
-        losses = {}
-        for n in self.names:
-            mask = batch.present[n].bool()
-            logits = out.unimodal_logits[n]
-            losses[n] = (self.task_loss(logits[mask], batch.target[mask]) if mask.any()
-                         else logits.sum() * 0.0)
-        return losses
+        return {n: self.masked_task_loss(out.unimodal_logits[n], batch.target, batch.present[n])
+                for n in self.names}
 
     def encoder_params(self, name: str) -> list[nn.Parameter]:
         """Trainable parameters of modality ``name``'s encoder module."""

@@ -334,9 +334,7 @@ class Scope(Method):
         """Task loss of the unimodal heads on the samples that have each modality."""
         total = out.logits.sum() * 0
         for name, logit in out.unimodal_logits.items():
-            w = batch.present[name].to(logit.dtype)
-            per = self.task_loss(logit, batch.target, reduction="none")
-            total = total + (per * w).sum() / w.sum().clamp_min(1.0)
+            total = total + self.masked_task_loss(logit, batch.target, batch.present[name])
         return total
 
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
