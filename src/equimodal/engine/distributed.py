@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from equimodal.config import RunConfig
 from equimodal.data.dataset import BatchLoader, MultimodalData, MultimodalSplit
-from equimodal.engine.run import build, load_run, resolved_config
+from equimodal.engine.run import build, load_run, prepare_run_dir, resolved_config
 from equimodal.engine.trainer import RunResult, Trainer
 from equimodal.types import Batch
 
@@ -243,8 +243,11 @@ def fit_distributed(
     """
     info = init_distributed(backend)
     run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None and resume and (run_path / "metrics.json").exists():
-        return load_run(run_path, data=data)
+    if run_path is not None:
+        data, resume, finished = prepare_run_dir(cfg, run_path, data, resume,
+                                                 write=info.is_main)
+        if finished:
+            return load_run(run_path, data=data, check=False)
     if cfg.train.batch_size % info.world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the "
                          f"world size {info.world_size}")

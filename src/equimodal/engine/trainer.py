@@ -17,13 +17,33 @@ from tqdm.auto import tqdm
 
 from equimodal.config import TrainConfig
 from equimodal.data.dataset import BatchLoader, MultimodalData
-from equimodal.engine.checkpoint import atomic_save, load_checkpoint, write_json
+from equimodal.engine.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    write_json,
+)
 from equimodal.engine.context import StepContext
 from equimodal.engine.evaluate import evaluate
 from equimodal.engine.optim import build_optimizer, build_scheduler
 from equimodal.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
+
+RESUME_HINT = "pass --no-resume (resume=False) to start the run over"
+_CKPT_KEYS = ("method", "optimizers", "schedulers", "stage_index", "stage_epoch", "epoch",
+              "global_step", "history", "best", "generator", "rng")
+
+
+def load_weights(method: Any, state: dict[str, Any], path: Path, hint: str) -> None:
+    """``load_state_dict`` whose size / key mismatch is a one-line :class:`CheckpointError`."""
+    try:
+        method.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(f"{path}: weights do not fit the model built from the current "
+                              f"config and data ({detail}); {hint}") from None
 
 
 @dataclass
@@ -140,8 +160,8 @@ class Trainer:
                 write_json(self.config, self.run_dir / "config.json")
             last = self.run_dir / "last.pt"
             if self.resume and last.exists():
-                ckpt = load_checkpoint(last, device)
-                method.load_state_dict(ckpt["method"])
+                ckpt = load_checkpoint(last, device, hint=RESUME_HINT, keys=_CKPT_KEYS)
+                load_weights(method, ckpt["method"], last, RESUME_HINT)
                 start_stage, start_epoch = ckpt["stage_index"], ckpt["stage_epoch"]
                 history = ckpt["history"]
                 best = _Best(**ckpt["best"])
