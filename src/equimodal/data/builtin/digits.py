@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from equimodal.data.dataset import DataError, MultimodalData, build_data, make_split
+from equimodal.data.formats.common import safe_load_pickle
 from equimodal.data.sources import (
     cap,
     find_package_file,
@@ -68,7 +69,7 @@ def _mnist_codes(path: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         log.info("decoding %s (once; cached as %s)", p, cache)
         try:
             with gzip.open(p, "rb") as f:
-                raw = pickle.load(f, encoding="latin1")
+                raw = safe_load_pickle(f, p, encoding="latin1")  # numpy arrays only
         except (OSError, EOFError, pickle.UnpicklingError) as err:
             raise DataError(f"{p}: not a readable MNIST pickle ({err})") from err
         if not (isinstance(raw, tuple) and len(raw) == 3):

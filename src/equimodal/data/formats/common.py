@@ -319,23 +319,84 @@ def assemble(
     return LoadedData(base.info, base.train, base.valid, base.test, base.description, report)
 
 
-def read_pickle(path: str | Path) -> Any:
-    """Load a pickle (retrying with ``latin1`` for Python 2 pickles).
+# What a pickle of nested dicts / lists of numpy arrays, strings and numbers needs, under the
+# module names numpy 1.x (``numpy.core``) and 2.x (``numpy._core``) write. Nothing here runs
+# code chosen by the file: array / dtype / scalar constructors and plain containers only.
+_NUMPY_CORE = ("numpy.core", "numpy._core")
+SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    [(f"{c}.multiarray", n) for c in _NUMPY_CORE for n in ("_reconstruct", "scalar")]
+    + [(f"{c}.numeric", "_frombuffer") for c in _NUMPY_CORE]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+       ("collections", "OrderedDict")]
+    + [(b, n) for b in ("builtins", "__builtin__") for n in (
+        "set", "frozenset", "complex", "bytearray", "bytes", "str", "int", "float", "bool",
+        "list", "dict", "tuple", "slice")]
+)
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside :data:`SAFE_GLOBALS`."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays, dicts, lists, strings and numbers.
+
+    :meth:`find_class` is the only way a pickle reaches code (``os.system``, ``eval``, any
+    class with a ``__reduce__``); it returns only :data:`SAFE_GLOBALS` and raises
+    :class:`RefusedGlobal` for anything else, before the global is imported or called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see class doc
+        if (module, name) not in SAFE_GLOBALS:
+            raise RefusedGlobal(module, name)
+        return super().find_class(module, name)
+
+
+def safe_load_pickle(f: Any, where: str | Path, encoding: str = "ASCII") -> Any:
+    """:class:`SafeUnpickler` on an open binary file.
 
     Raises:
-        DataError: when the file is missing or not a readable pickle.
+        DataError: naming ``where`` and the refused global (``module.name``).
+    """
+    try:
+        return SafeUnpickler(f, encoding=encoding).load()
+    except RefusedGlobal as err:
+        raise DataError(
+            f"{where}: refused to unpickle global {err.qualname!r}: data pickles may hold only "
+            "numpy arrays, lists, dicts, strings and numbers (see 'Trust model' in "
+            "docs/data-formats.md)"
+        ) from None
+
+
+def read_pickle(path: str | Path) -> Any:
+    """Load a data pickle with :class:`SafeUnpickler` (``latin1`` retry for Python 2 files).
+
+    Raises:
+        DataError: when the file is missing, unreadable, not a pickle, or asks for a global
+            outside the allow-list (the message names the file and the global).
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: file not found")
+        raise DataError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
     try:
-        with p.open("rb") as f:
-            return pickle.load(f)
-    except UnicodeDecodeError:
-        with p.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as err:
-        raise DataError(f"{p}: not a readable pickle ({err})") from err
+        try:
+            with p.open("rb") as f:
+                return safe_load_pickle(f, p)
+        except UnicodeDecodeError:
+            with p.open("rb") as f:
+                return safe_load_pickle(f, p, encoding="latin1")
+    except OSError as err:
+        raise DataError(f"{p}: cannot read ({err.strerror or err})") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError,
+            TypeError, IndexError, KeyError, MemoryError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{p}: not a readable pickle, truncated or corrupt "
+                        f"({type(err).__name__}: {err})") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

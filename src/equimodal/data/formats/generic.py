@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,23 +62,55 @@ class _Raw:
     split_name: str = "split"
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """Shape, dtype and data offset from a ``.npy`` header, without reading the data."""
+    from numpy.lib import format as npformat
+
+    with path.open("rb") as f:
+        try:
+            version = npformat.read_magic(f)
+        except ValueError:
+            raise DataError(f"{path}: not a .npy file (no NumPy header: empty, truncated "
+                            "or another format)") from None
+        try:
+            if version == (1, 0):
+                shape, _, dtype = npformat.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = npformat.read_array_header_2_0(f)
+        except (ValueError, EOFError, SyntaxError) as err:
+            raise DataError(f"{path}: damaged .npy header ({err})") from None
+        return shape, dtype, f.tell()
+
+
 def _npy(path: Path) -> np.ndarray:
+    """Read a ``.npy`` without pickles; every failure is a one-line :class:`DataError`."""
     try:
+        shape, dtype, offset = _npy_header(path)
+        if dtype.hasobject:
+            raise DataError(f"{path}: holds an object array, which is not supported (it needs "
+                            "pickle); save strings with dtype=str and numbers as numeric arrays")
+        need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = path.stat().st_size
+        if size < need:
+            raise DataError(f"{path}: truncated: the header announces shape {shape} "
+                            f"{dtype} ({need} bytes) but the file has {size} bytes; "
+                            "write it again")
         arr: np.ndarray = np.load(path, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: file not found") from err
-    except ValueError as err:
-        raise DataError(
-            f"{path}: cannot read ({err}); object arrays are not supported, save strings with "
-            "dtype=str"
-        ) from err
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:  # PermissionError, IsADirectoryError, I/O errors
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    except DataError:
+        raise
+    except (ValueError, EOFError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
     return arr
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict):
         raise DataError(f"{path}: must hold a JSON object")
@@ -118,10 +152,10 @@ def _read_folder(path: Path) -> _Raw:
     if not isinstance(wanted, list) or not wanted:
         raise DataError(f"{meta_path}: field 'modalities' must be a non-empty list")
     for m in wanted:
-        if not (path / f"{m}.npy").is_file():
+        if not (path / f"{m}.npy").exists():
             raise DataError(f"{path / f'{m}.npy'}: file not found (modality {m!r})")
     label_path = path / "labels.npy"
-    if not label_path.is_file():
+    if not label_path.exists():
         raise DataError(f"{label_path}: file not found (field 'labels')")
     raw = _Raw({m: _npy(path / f"{m}.npy") for m in wanted}, _npy(label_path), None, meta=meta)
     raw.names = {m: str(path / f"{m}.npy") for m in wanted}
@@ -147,10 +181,17 @@ def _read_folder(path: Path) -> _Raw:
 
 def _read_npz(path: Path) -> _Raw:
     try:
-        z = np.load(path, allow_pickle=False)
-        data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read npz ({err})") from err
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except OSError as err:  # PermissionError, I/O errors
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise DataError(f"{path}: not a valid .npz (zip) file, truncated or corrupt "
+                        f"({err})") from None
+    except ValueError as err:
+        hint = ("object arrays are not supported (they need pickle); save strings with "
+                "dtype=str" if "pickle" in str(err).lower() else str(err))
+        raise DataError(f"{path}: cannot read npz ({hint})") from None
     meta: dict[str, Any] = {}
     if "meta" in data:
         try:
