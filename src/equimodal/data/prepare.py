@@ -9,6 +9,7 @@ Sub-commands::
     equimodal prepare avmnist   # FSDD audio features + MNIST arrays into the cache
     equimodal prepare check     --path features/cremad
     equimodal prepare check     --format mmsa --path MOSI/Processed/unaligned_50.pkl
+    equimodal prepare convert   MOSI/Processed/unaligned_50.pkl features/mosi.npz --format mmsa
 
 Every step is resumable (finished chunks are kept under ``<out>/.cache``, or under the
 cache folder for ``avmnist``; a finished folder with the same settings is not redone) and
@@ -123,6 +124,18 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="dataset format (default generic)")
     p.add_argument("--skip-bad", action="store_true", help="report bad rows instead of failing")
     p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("convert", help="turn an MMSA / IEMOCAP pickle into the generic format "
+                       "once (read with the allow-list unpickler)")
+    p.add_argument("src", help="the pickle (.pkl)")
+    p.add_argument("dst", help="output: a folder, or a file ending in .npz")
+    p.add_argument("--format", required=True, choices=["mmsa", "iemocap"],
+                   help="format of SRC")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="loader argument, e.g. task=classification, num_classes=3, "
+                        "modalities=text,audio (see docs/data-formats.md)")
+    p.add_argument("--skip-bad", action="store_true", help="exclude bad rows (reported)")
+    p.set_defaults(func=run_prepare)
     prep.set_defaults(func=run_prepare)
     return prep
 
@@ -161,6 +174,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         return 0
     if fmt == "avmnist":
         return _prepare_avmnist(args)
+    if fmt == "convert":
+        return _convert(args)
     common = {"seed": args.seed, "valid_frac": args.valid_frac, "test_frac": args.test_frac,
               "skip_bad": args.skip_bad, "overwrite": args.overwrite,
               "progress": not args.no_progress}
@@ -211,4 +226,35 @@ def _prepare_avmnist(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(f"avmnist: MNIST arrays cached (train/valid/test = "
                      f"{sizes['train']}/{sizes['valid']}/{sizes['test']})\n")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``prepare convert SRC DST --format mmsa|iemocap``: pickle -> generic folder / ``.npz``.
+
+    The pickle is read once with the allow-list unpickler (a crafted file is refused with a
+    one-line error naming the global); the output loads with ``--data generic`` and never
+    unpickles anything.
+    """
+    from pathlib import Path
+
+    from equimodal.config import parse_value
+    from equimodal.data.formats import load_iemocap, load_mmsa, to_generic
+
+    kwargs: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        kwargs[key.strip()] = parse_value(value)
+    loader = load_mmsa if args.format == "mmsa" else load_iemocap
+    try:
+        data = loader(args.src, skip_bad=args.skip_bad, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"--set: {err}") from None
+    out = to_generic(data, args.dst)
+    sys.stdout.write(
+        f"{out}: wrote {data.info.kind} data with modalities {data.info.modality_names}, "
+        f"train/valid/test = {len(data.train)}/{len(data.valid)}/{len(data.test)}; train "
+        f"with --data generic --set data.path={Path(out)}\n")
     return 0

@@ -2,6 +2,7 @@
 
 * :func:`load_generic` / :func:`write_generic`: one array per modality + labels + split
   (folder of ``.npy``, one ``.npz`` or ``.parquet``); what prepared features are written as.
+* :func:`to_generic`: a loaded dataset (e.g. from a pickle) -> generic folder / ``.npz``.
 * :func:`load_mmsa`: MMSA pickles of CMU-MOSI, CMU-MOSEI and CH-SIMS.
 * :func:`load_iemocap`: MulT-style IEMOCAP pickles (4 emotions).
 * :func:`prepare_cremad` / :func:`load_cremad`: CREMA-D WAVs + frames -> log-mel + pixels.
@@ -13,6 +14,7 @@ Every loader returns a :class:`LoadedData` (a :class:`~equimodal.data.Multimodal
 
 from equimodal.data.formats.cache import PrepareResult
 from equimodal.data.formats.common import LoadedData, SplitArrays, assemble, random_split
+from equimodal.data.formats.convert import to_generic
 from equimodal.data.formats.cremad import load_cremad, prepare_cremad
 from equimodal.data.formats.generic import load_generic, write_generic
 from equimodal.data.formats.iemocap import load_iemocap
@@ -32,5 +34,6 @@ __all__ = [
     "prepare_cremad",
     "prepare_imagetext",
     "random_split",
+    "to_generic",
     "write_generic",
 ]

@@ -463,3 +463,4 @@ def write_generic(
     full = {"modalities": list(inputs), **dict(meta or {})}
     atomic_write_json(o / "meta.json", full)
     return o
+
