@@ -61,8 +61,12 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def _first_line(err: BaseException) -> str:
+    """``Type: first sentence`` of an exception (torch's messages run over many lines)."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    first = text[0].split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {first[:160]}"
 
 
 def load_checkpoint(

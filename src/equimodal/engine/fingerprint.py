@@ -165,7 +165,7 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """A short text naming the fields and files that differ between two fingerprints."""
     op, np_ = old.get("parts") or {}, new.get("parts") or {}
     fields = []
-    for k in sorted(set(op) | set(np_)):
+    for k in list(np_) + [k for k in op if k not in np_]:  # train, valid, test order
         a, b = op.get(k), np_.get(k)
         if a == b:
             continue

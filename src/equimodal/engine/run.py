@@ -55,7 +55,7 @@ def _version() -> str:
     return __version__
 
 
-RETRAIN_HINT = "pass --no-resume (Python: fit(..., resume=False)) to retrain it"
+RETRAIN_HINT = "retrain it with `equimodal train ... --no-resume` (Python: fit(..., resume=False))"
 MODEL_HINT = "retrain the run (equimodal train with its settings and --no-resume)"
 
 
@@ -91,7 +91,7 @@ def prepare_run_dir(
         except DataChangedError as err:
             if on_data_change == "error":
                 raise
-            log.warning("%s; retraining", str(err).split("; pass")[0])
+            log.warning("%s; retraining", str(err).split("; retrain")[0])
             resume = False
     if resume and finished:
         return data, True, True
@@ -186,7 +186,7 @@ def load_run(
             check_data(run_path, data_fingerprint(data, cfg.data), RETRAIN_HINT)
         except DataChangedError as err:
             changed = str(err)
-            log.warning("%s", changed.split("; pass")[0] + "; evaluating on the current data")
+            log.warning("%s", changed.split("; retrain")[0] + "; evaluating on the current data")
     method, data = build(cfg, data)
     model_file = run_path / "model.pt"
     if not model_file.exists():
