@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fixtures_formats import write_generic_folder
 
 from equimodal import cli
 from equimodal.bench.jobs import JobSpec, run_job
@@ -18,6 +17,7 @@ from equimodal.config import RunConfig, TrainConfig
 from equimodal.engine import DataChangedError, fit, load_run
 from equimodal.engine import fingerprint as fpmod
 from equimodal.registry import load_dataset
+from fixtures_formats import write_generic_folder
 
 
 def _train(data: Path, out: Path, *extra: str) -> list[str]:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fixtures_formats import iemocap_split, write_generic_folder, write_mmsa, write_pickle
 
 from equimodal import cli
 from equimodal.config import RunConfig, TrainConfig
@@ -23,6 +22,7 @@ from equimodal.data.formats import load_generic, load_iemocap, load_mmsa
 from equimodal.data.formats.common import read_pickle, safe_load_pickle
 from equimodal.engine import CheckpointError, Trainer, fit
 from equimodal.engine.checkpoint import load_checkpoint
+from fixtures_formats import iemocap_split, write_generic_folder, write_mmsa, write_pickle
 
 
 class _Evil:
