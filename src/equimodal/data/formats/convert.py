@@ -58,7 +58,8 @@ def to_generic(data: Any, out: str | Path) -> Path:
     o = Path(out)
     if o.suffix != ".npz":
         return write_generic(o, inputs, labels, split, lengths, present, meta=meta)
-    arrays = {f"x_{m}": np.ascontiguousarray(x, dtype=np.float32) for m, x in inputs.items()}
+    arrays: dict[str, Any] = {f"x_{m}": np.ascontiguousarray(x, dtype=np.float32)
+                              for m, x in inputs.items()}
     arrays.update({f"lengths_{m}": v.astype(np.int64) for m, v in lengths.items()})
     arrays.update({f"present_{m}": v for m, v in present.items()})
     arrays.update(y=labels, split=split, meta=np.array(json.dumps(meta)))
