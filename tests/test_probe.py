@@ -144,3 +144,40 @@ def test_absent_rows_are_left_out_of_the_probe() -> None:
     n = len(data.test)
     assert feats[data.info.modality_names[0]][0].shape[0] == n
     assert feats[name][0].shape[0] == n - (n + 1) // 2
+
+
+def _df(task: str) -> object:
+    import pandas as pd
+
+    rows = []
+    for method, ro, pr in (("concat", 0.50, 0.70), ("scope", 0.20, 0.66)):
+        for seed in (0, 1):
+            r = {"run_id": f"{method}{seed}", "method": method, "label": "d", "seed": seed,
+                 "status": "finished", "task": task, "modalities": ["a", "b"],
+                 "updated_at": "2026", "wall_seconds": 1.0, "reason": None}
+            if task == "classification":
+                r.update({"test/accuracy": 0.9, "test/a/accuracy": 0.9, "test/b/accuracy": ro,
+                          "test/a/probe_accuracy": 0.95, "test/b/probe_accuracy": pr + 0.01 *
+                          seed})
+            else:
+                r.update({"test/mae": 0.5, "test/a/mae": 0.6, "test/b/mae": 0.9,
+                          "test/a/probe_mae": 0.55, "test/b/probe_mae": 0.8})
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_tables_show_the_probe_next_to_the_read_out() -> None:
+    from equimodal.bench.tables import dataset_table, runs_table, to_html, to_markdown
+
+    table = dataset_table(_df("classification"), "d")
+    assert table.rows == ["a (unimodal)", "a (probe)", "b (unimodal)", "b (probe)", "fusion"]
+    probe = table.cells[table.rows.index("b (probe)")][table.cols.index("scope")]
+    assert probe is not None and probe[0].mean == pytest.approx(0.665)
+    assert "66.50±0.71" in to_markdown(table) and "b (probe)" in to_html(table)
+    runs = runs_table(_df("classification"))
+    assert {"b/accuracy", "b/probe_accuracy"} <= set(runs.columns)
+    reg = dataset_table(_df("regression"), "d")
+    assert reg.cols[-1] == "Probe MAE (a / b)"
+    cell = reg.cells[0][-1]
+    assert cell is not None and [s.mean for s in cell] == [0.55, 0.8]
+    assert not cell[0].higher_better
