@@ -1,0 +1,72 @@
+"""Paper-recipe presets (``--preset <method>-paper``): values, expansion, one tiny epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from equimodal.cli import expand_preset, main
+from equimodal.config import RunConfig
+from equimodal.presets import PAPER_PRESETS, paper_preset
+
+# The papers' stated values (section cited in presets.py), checked field by field.
+EXPECTED = {
+    "scope-paper": {"optimizer": "adamw", "lr": 1e-4, "scheduler": "cosine", "batch_size": 60,
+                    "epochs": 100},
+    "decalign-paper": {"optimizer": "adam", "lr": 2e-4, "scheduler": "plateau",
+                       "clip_norm": 0.6, "batch_size": 32, "epochs": 50},
+    "ebmc-paper": {"optimizer": "adam", "lr": 1e-4, "batch_size": 64, "epochs": 200,
+                   "clip_norm": 1.0},
+    "udi-paper": {"optimizer": "sgd", "momentum": 0.9, "lr": 1e-2, "weight_decay": 1e-4,
+                  "batch_size": 64},
+    "infobridge-paper": {"optimizer": "sgd", "momentum": 0.9, "lr": 1e-2, "weight_decay": 1e-4,
+                         "scheduler": "cosine", "batch_size": 128, "epochs": 200},
+}
+
+
+def test_every_specification_method_has_a_paper_preset() -> None:
+    assert set(PAPER_PRESETS) == set(EXPECTED)
+    with pytest.raises(KeyError, match="known: scope-paper"):
+        paper_preset("mult-paper")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_resolves_to_the_paper_recipe(name: str) -> None:
+    preset = paper_preset(name)
+    cfg = preset.apply(RunConfig(method="concat", dataset="synthetic", data={"n_train": 10}))
+    for key, value in EXPECTED[name].items():
+        assert getattr(cfg.train, key) == value, key
+    assert cfg.method == "concat" and cfg.data == {"n_train": 10}  # recipe only
+    assert preset.apply(cfg, epochs=3).train.epochs == 3
+    argv = expand_preset(["train", "--preset", name, "--set", "train.lr=0.5"])
+    assert argv[:3] == ["train", "--method", preset.method]
+    assert argv[-2:] == ["--set", "train.lr=0.5"]  # the user's value comes last and wins
+    kept = expand_preset(["train", "-m", "concat", "--preset", name])
+    assert "--method" not in kept and kept[-2:] == ["-m", "concat"]
+
+
+def test_scope_recommended_train_is_the_preset() -> None:
+    from equimodal.methods.scope import Scope
+
+    assert Scope.recommended_train == PAPER_PRESETS["scope-paper"].train
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_trains_one_tiny_epoch(name: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--preset", name, "--data", "synthetic", "--epochs", "1",
+                 "--no-progress", "--device", "cpu", "--out", str(tmp_path),
+                 "--set", "data.n_train=64", "--set", "data.n_valid=32",
+                 "--set", "data.n_test=32", "--set", "model.hidden=16"])
+    assert code == 0
+    run = next(tmp_path.iterdir())
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == paper_preset(name).method
+    for key, value in EXPECTED[name].items():
+        if key != "epochs":
+            assert cfg["train"][key] == value, key
+    assert cfg["train"]["epochs"] == 1
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert "accuracy" in metrics
