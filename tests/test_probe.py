@@ -181,3 +181,26 @@ def test_tables_show_the_probe_next_to_the_read_out() -> None:
     cell = reg.cells[0][-1]
     assert cell is not None and [s.mean for s in cell] == [0.55, 0.8]
     assert not cell[0].higher_better
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS.names()) - NO_PROBE))
+def test_probe_features_are_the_modality_own(name: str) -> None:
+    """A modality's probe features do not move when another modality's input does: a probe
+    on cross-modal features would read the strong modality through the weak one."""
+    data = easy_data(METHODS.get(name))
+    torch.manual_seed(0)
+    method = create_method(name, data.info, ModelConfig(hidden=16, layers=1)).eval()
+    batch = data.test.batch(torch.arange(30))
+    names = list(getattr(method, "modalities_in_use", None) or data.info.modality_names)
+    if len(names) < 2:  # `unimodal`: one modality, nothing to cross
+        assert set(method.modality_features(data.test.batch(torch.arange(4)))) == set(names)
+        return
+    with torch.no_grad():
+        before = method.modality_features(batch)
+        other = names[-1]
+        batch.inputs[other] = batch.inputs[other] + 3.0 * torch.randn_like(batch.inputs[other])
+        after = method.modality_features(batch)
+    assert set(before) == set(names)
+    for n in names[:-1]:
+        assert torch.allclose(before[n], after[n], atol=1e-6), n
+    assert not torch.allclose(before[other], after[other])

@@ -249,6 +249,11 @@ class Scope(Method):
                                     states, int(self.bank_k))
         return out
 
+    def modality_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Each modality's refined token before cross-attention (``h^m`` mixes modalities:
+        a probe on it read the strong modality through the weak one's feature)."""
+        return {n: self.net._tokens(batch, n) for n in self.net.names}
+
     @torch.no_grad()
     def bank_context(self) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Bank-side graph, edge mask and propagation states (see ``ScopeNet.bank_states``).
