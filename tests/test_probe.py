@@ -85,7 +85,7 @@ def test_probe_selects_on_valid() -> None:
     assert res.by_lambda[res.lam] == max(res.by_lambda.values())
     assert res.valid["accuracy"] == res.by_lambda[res.lam]
     # An intermediate strength wins here: neither end of the grid is picked blindly.
-    assert res.lam not in (1.0, 1e-4)
+    assert res.lam not in (1.0, 1e-3)
     assert res.by_lambda[res.lam] > min(res.by_lambda.values())
 
 

@@ -13,10 +13,10 @@ Classification objective (multinomial logistic regression, bias unpenalised)::
     min_{W, b}  (1/N) sum_i CE(x_i W + b, y_i) + (lam / 2) ||W||^2
 
 which equals scikit-learn's ``LogisticRegression(C=1 / (lam * N))`` objective up to the
-factor N. Solved with L-BFGS (strong-Wolfe line search) in float64 on features standardised
-with the train split's mean / std; consecutive strengths warm-start from the previous
-solution (strongest first). Regression: ridge in closed form on the same standardised
-features. Everything is vectorised; no per-sample Python loop.
+factor N. Solved with L-BFGS (strong-Wolfe line search, analytic gradient) in float64 on
+features standardised with the train split's mean / std, every strength of the grid in one
+stacked problem (see :func:`fit_logistic`). Regression: ridge in closed form on the same
+standardised features. Everything is vectorised; no per-sample Python loop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-PROBE_LAMBDAS: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
+PROBE_LAMBDAS: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3)
 """L2 strengths tried (strongest first), selected on the valid split."""
 
 MAX_TRAIN_ROWS = 20_000
@@ -51,43 +51,58 @@ class ProbeResult:
     by_lambda: dict[float, float] = field(default_factory=dict)
 
 
-def fit_logistic(x: Tensor, y: Tensor, n_classes: int, lam: float,
-                 init: tuple[Tensor, Tensor] | None = None,
-                 max_iter: int = 200) -> tuple[Tensor, Tensor]:
-    """L2-regularised multinomial logistic regression by L-BFGS.
+def fit_logistic(x: Tensor, y: Tensor, n_classes: int, lam: float | Sequence[float],
+                 max_iter: int = 200, tol: float = 1e-9) -> tuple[Tensor, Tensor]:
+    """L2-regularised multinomial logistic regression by L-BFGS, for one or several
+    strengths at once.
+
+    The strengths' problems are independent, so their summed objective is minimised by the
+    per-strength optima: one L-BFGS over the stacked weights fits the whole path with one
+    set of closure calls (the cost here is per call, not per flop). The gradient is the
+    analytic ``X^T (softmax - onehot) / N + lam W`` (no autograd graph).
 
     Args:
         x: Features ``[N, H]`` (float64 recommended).
         y: Class ids ``[N]``.
         n_classes: Number of classes C.
-        lam: L2 strength on ``W`` (mean-loss scale; sklearn ``C = 1 / (lam * N)``).
-        init: Warm start ``(W, b)``.
+        lam: L2 strength(s) on ``W`` (mean-loss scale; sklearn ``C = 1 / (lam * N)``).
         max_iter: L-BFGS iterations.
+        tol: Stop when the gradient's max-norm falls below ``tol``.
 
     Returns:
-        ``W`` ``[H, C]`` and ``b`` ``[C]``.
+        ``W`` ``[H, C]`` and ``b`` ``[C]`` for a scalar ``lam``; ``[L, H, C]`` and
+        ``[L, C]`` for ``L`` strengths.
     """
-    h = x.shape[1]
-    if init is None:
-        w = torch.zeros(h, n_classes, dtype=x.dtype, device=x.device)
-        b = torch.zeros(n_classes, dtype=x.dtype, device=x.device)
-    else:
-        w, b = init[0].clone(), init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=20,
+    scalar = isinstance(lam, (int, float))
+    lams = torch.tensor([lam] if scalar else list(lam), dtype=x.dtype, device=x.device)
+    n, h = x.shape
+    n_l = len(lams)
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype)
+    theta = torch.zeros(n_l * (h + 1) * n_classes, dtype=x.dtype, device=x.device)
+    theta.grad = torch.zeros_like(theta)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tol,
+                            tolerance_change=tol * 1e-3, history_size=20,
                             line_search_fn="strong_wolfe")
 
+    def unpack(t: Tensor) -> tuple[Tensor, Tensor]:
+        wb = t.view(n_l, h + 1, n_classes)
+        return wb[:, :h], wb[:, h]
+
     def closure() -> Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + 0.5 * lam * (w * w).sum()
-        loss.backward()
+        w, b = unpack(theta)
+        logits = torch.einsum("nh,lhc->lnc", x, w) + b[:, None, :]
+        logp = torch.log_softmax(logits, -1)
+        ce = -(logp * onehot).sum(-1).mean(-1)  # [L]
+        loss = (ce + 0.5 * lams * (w * w).sum((1, 2))).sum()
+        resid = (logp.exp() - onehot) / n  # [L, N, C]
+        gw = torch.einsum("nh,lnc->lhc", x, resid) + lams[:, None, None] * w
+        theta.grad = torch.cat([gw, resid.sum(1)[:, None, :]], 1).reshape(-1)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
-    return w.detach(), b.detach()
+    w, b = unpack(theta.detach())
+    return (w[0], b[0]) if scalar else (w, b)
 
 
 def fit_ridge(x: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor]:
@@ -158,10 +173,10 @@ def linear_probe(kind: str, train: tuple[Tensor, Tensor], valid: tuple[Tensor, T
         ytr_, yva, yte = (t.detach().long().cpu().reshape(-1) for t in (ytr, valid[1], test[1]))
         best: tuple[float, float, float, Tensor, Tensor] | None = None
         by: dict[float, float] = {}
-        init = None
-        for lam in lambdas:
-            w, b = fit_logistic(xtr, ytr_, n_classes, float(lam), init)
-            init = (w, b)
+        # 1e-6 on the gradient: the selected probe's accuracy is settled long before.
+        ws, bs = fit_logistic(xtr, ytr_, n_classes, [float(v) for v in lambdas],
+                              max_iter=150, tol=1e-6)
+        for lam, w, b in zip(lambdas, ws, bs, strict=True):
             logits = xva @ w + b
             acc = float((logits.argmax(1) == yva).double().mean())
             ce = float(torch.nn.functional.cross_entropy(logits, yva))
