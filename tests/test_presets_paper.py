@@ -70,3 +70,5 @@ def test_preset_trains_one_tiny_epoch(name: str, tmp_path: Path,
     assert cfg["train"]["epochs"] == 1
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert "accuracy" in metrics
+    out = capsys.readouterr().out
+    assert "a (unimodal)" in out and "a (probe)" in out  # the probe printed by `train`

@@ -35,6 +35,9 @@ def format_metrics(metrics: dict[str, float], kind: str, modalities: Sequence[st
     for m in modalities:
         row = [metrics.get(f"{m}/{k}", float("nan")) for k in keys]
         lines.append(f"{m + ' (unimodal)':<16}" + "".join(f"{v:>12.4f}" for v in row))
+        if any(f"{m}/probe_{k}" in metrics for k in keys):  # linear probe, frozen features
+            row = [metrics.get(f"{m}/probe_{k}", float("nan")) for k in keys]
+            lines.append(f"{m + ' (probe)':<16}" + "".join(f"{v:>12.4f}" for v in row))
     return "\n".join(lines)
 
 
