@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +74,47 @@ def test_preset_trains_one_tiny_epoch(name: str, tmp_path: Path,
     assert "accuracy" in metrics
     out = capsys.readouterr().out
     assert "a (unimodal)" in out and "a (probe)" in out  # the probe printed by `train`
+
+
+def _health() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "health.py"
+    spec = importlib.util.spec_from_file_location("health_panel", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_panel_grid_and_verdicts() -> None:
+    import pandas as pd
+
+    health = _health()
+    args = health.parse(["--methods", "scope", "--datasets", "synthetic", "--seeds", "0,1"])
+    points = health.grid(args)
+    assert len(points) == 8  # (concat + scope) x 2 seeds x (shared, scope-paper)
+    paper = [p for p in points if p.label == "synthetic@scope-paper"]
+    assert {p.cfg.method for p in paper} == {"concat", "scope"}
+    assert all(p.cfg.train.lr == 1e-4 and p.cfg.train.epochs == args.paper_epochs
+               and p.cfg.train.optimizer == "adamw" for p in paper)
+    shared = [p for p in points if p.label == "synthetic@shared"]
+    assert all(p.cfg.train.lr == 1e-3 and p.cfg.train.epochs == args.shared_epochs
+               for p in shared)
+
+    def row(method: str, seed: int, fused: float, probe_b: float) -> dict[str, object]:
+        return {"label": "d@shared", "method": method, "seed": seed, "status": "finished",
+                "reason": None, "modalities": ["a", "b"], "test/accuracy": fused,
+                "test/a/accuracy": 0.9, "test/b/accuracy": 0.3, "test/a/probe_accuracy": 0.95,
+                "test/b/probe_accuracy": probe_b}
+
+    df = pd.DataFrame([row("concat", 0, 0.90, 0.60), row("concat", 1, 0.92, 0.62),
+                       row("scope", 0, 0.905, 0.50), row("scope", 1, 0.905, 0.52),
+                       row("udi", 0, 0.88, 0.61), row("udi", 1, 0.88, 0.61)])
+    text, misses = health.panel_table(df, "d@shared", ["scope", "udi"])
+    assert "weak modality: `b`" in text  # lowest concat probe, not hard-coded
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "FAIL (weak probe -10.0)" in lines["scope"]  # fusion -0.5 is within 1 point
+    assert "FAIL (fusion -3.0)" in lines["udi"]
+    assert len(misses) == 2
