@@ -61,12 +61,12 @@ def test_probe_reads_signal_not_offsets() -> None:
     assert res is not None and res.test["accuracy"] > 0.75
     assert res.lam in res.by_lambda
     shifted = [(x + 50.0, y) for x, y in (tr, va, te)]
-    res2 = linear_probe("classification", *shifted, n_classes=3)
+    res2 = linear_probe("classification", shifted[0], shifted[1], shifted[2], 3)
     assert res2 is not None and res2.test["accuracy"] == pytest.approx(res.test["accuracy"])
     g = torch.Generator().manual_seed(5)
     noise = [(torch.randn(len(y), 4, generator=g, dtype=torch.float64), y)
              for _, y in (tr, va, te)]
-    res3 = linear_probe("classification", *noise, n_classes=3)
+    res3 = linear_probe("classification", noise[0], noise[1], noise[2], 3)
     assert res3 is not None and res3.test["accuracy"] < 0.5
 
 

@@ -74,7 +74,8 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, lam: float | Sequence[flo
         ``[L, C]`` for ``L`` strengths.
     """
     scalar = isinstance(lam, (int, float))
-    lams = torch.tensor([lam] if scalar else list(lam), dtype=x.dtype, device=x.device)
+    values = [float(lam)] if isinstance(lam, (int, float)) else [float(v) for v in lam]
+    lams = torch.tensor(values, dtype=x.dtype, device=x.device)
     n, h = x.shape
     n_l = len(lams)
     onehot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype)
