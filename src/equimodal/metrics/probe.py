@@ -82,7 +82,7 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, lam: float | Sequence[flo
     theta = torch.zeros(n_l * (h + 1) * n_classes, dtype=x.dtype, device=x.device)
     theta.grad = torch.zeros_like(theta)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tol,
-                            tolerance_change=tol * 1e-3, history_size=20,
+                            tolerance_change=tol * 1e-3, history_size=10,
                             line_search_fn="strong_wolfe")
 
     def unpack(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,7 +176,7 @@ def linear_probe(kind: str, train: tuple[Tensor, Tensor], valid: tuple[Tensor, T
         by: dict[float, float] = {}
         # 1e-6 on the gradient: the selected probe's accuracy is settled long before.
         ws, bs = fit_logistic(xtr, ytr_, n_classes, [float(v) for v in lambdas],
-                              max_iter=150, tol=1e-6)
+                              max_iter=60, tol=1e-6)
         for lam, w, b in zip(lambdas, ws, bs, strict=True):
             logits = xva @ w + b
             acc = float((logits.argmax(1) == yva).double().mean())
