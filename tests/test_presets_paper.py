@@ -118,3 +118,14 @@ def test_health_panel_grid_and_verdicts() -> None:
     assert "FAIL (weak probe -10.0)" in lines["scope"]  # fusion -0.5 is within 1 point
     assert "FAIL (fusion -3.0)" in lines["udi"]
     assert len(misses) == 2
+
+
+def test_health_panel_exact_tolerance_passes() -> None:
+    import pandas as pd
+
+    health = _health()
+    rows = [{"label": "d@shared", "method": m, "seed": 0, "status": "finished", "reason": None,
+             "modalities": ["a", "b"], "test/accuracy": f, "test/b/probe_accuracy": p}
+            for m, f, p in (("concat", 0.9825, 0.735), ("ebmc", 0.9725, 0.715))]
+    _, misses = health.panel_table(pd.DataFrame(rows), "d@shared", ["ebmc"])
+    assert misses == []  # -1.0 and -2.0 points sit on the target, not below it
