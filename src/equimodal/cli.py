@@ -35,6 +35,9 @@ def format_metrics(metrics: dict[str, float], kind: str, modalities: Sequence[st
     for m in modalities:
         row = [metrics.get(f"{m}/{k}", float("nan")) for k in keys]
         lines.append(f"{m + ' (unimodal)':<16}" + "".join(f"{v:>12.4f}" for v in row))
+        if any(f"{m}/probe_{k}" in metrics for k in keys):  # linear probe, frozen features
+            row = [metrics.get(f"{m}/probe_{k}", float("nan")) for k in keys]
+            lines.append(f"{m + ' (probe)':<16}" + "".join(f"{v:>12.4f}" for v in row))
     return "\n".join(lines)
 
 
@@ -171,7 +174,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. train.lr=0.01, method.alpha=0.5, data.seed=1")
     p.add_argument("--preset", metavar="NAME[:SELECT]",
                    help="evaluation protocol preset: mosi, mosei or sims (MSA protocol; "
-                        "optional :f1 / :mae selection), expanded before your --set values")
+                        "optional :f1 / :mae selection), or a paper's training recipe: "
+                        "scope-paper, decalign-paper, ebmc-paper, udi-paper, "
+                        "infobridge-paper; expanded before your --set values")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
@@ -228,13 +233,26 @@ def expand_preset(argv: list[str]) -> list[str]:
         return argv
     i = argv.index("--preset")
     if i + 1 >= len(argv):
-        raise ValueError("--preset needs a name: mosi, mosei or sims")
+        raise ValueError("--preset needs a name: mosi, mosei, sims or <method>-paper")
     name, _, select = argv[i + 1].partition(":")
     rest = argv[:i] + argv[i + 2:]
-    from equimodal.presets import msa_preset
+    from equimodal.presets import PAPER_PRESETS, msa_preset
 
-    preset = msa_preset(name, select=select or "mae")
     command = rest[0] if rest else ""
+    if name in PAPER_PRESETS:  # a paper's training recipe (train.* only), e.g. scope-paper
+        if command not in ("train", "bench"):
+            raise ValueError("--preset goes with `equimodal train` or `equimodal bench`")
+        paper = PAPER_PRESETS[name]
+        # --set outranks the --epochs / --batch-size / --lr flags (build_run_config), so a
+        # recipe value the user also gives as a flag is left out: the user's flag wins.
+        flags = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "lr"}
+        given = {key for flag, key in flags.items() if flag in rest}
+        extra = [tok for s in paper.set_args() if s.split("=")[0][len("train."):] not in given
+                 for tok in ("--set", s)]
+        if command == "train" and not {"--method", "-m"} & set(rest):
+            extra = ["--method", paper.method, *extra]
+        return [command, *extra, *rest[1:]]
+    preset = msa_preset(name, select=select or "mae")
     if command == "bench":
         extra = preset.bench_cli().split()
         if "--seeds" in rest:  # the user's seeds win: drop the preset's pair of tokens

@@ -169,6 +169,94 @@ def msa_preset(dataset_name: str = "mosi", select: str = "mae",
     return MSAPreset(dataset_name, {"task": "regression"}, train, MSA_METRICS, seeds, 3.0)
 
 
+@dataclass(frozen=True)
+class PaperPreset:
+    """A specification paper's own training recipe (engine settings only).
+
+    The recipe is method-agnostic on purpose: ``--preset scope-paper --method concat`` trains
+    the concat baseline under SCOPE's recipe, as the health panel compares them.
+
+    Attributes:
+        name: Preset name (``<method>-paper``).
+        method: The paper's method (used by ``equimodal train`` when no ``--method`` is given).
+        train: :class:`~equimodal.config.TrainConfig` overrides, as stated in the paper.
+        source: Where each value comes from (section / appendix / implementation facts).
+    """
+
+    name: str
+    method: str
+    train: dict[str, Any]
+    source: str
+
+    def set_args(self, epochs: int | None = None) -> list[str]:
+        """``train.key=value`` override strings; ``epochs`` replaces the paper's budget (e.g.
+        scaled down for CPU; a cosine schedule then anneals over the scaled budget)."""
+        train = dict(self.train)
+        if epochs is not None:
+            train["epochs"] = epochs
+        return [f"train.{k}={_text(v)}" for k, v in train.items()]
+
+    def cli(self, epochs: int | None = None) -> str:
+        """The recipe as ``--set`` arguments for ``equimodal train`` / ``bench``."""
+        return " ".join(f"--set {s}" for s in self.set_args(epochs))
+
+    def apply(self, cfg: RunConfig, epochs: int | None = None) -> RunConfig:
+        """A copy of ``cfg`` with the recipe's train settings (data and method kept)."""
+        return apply_overrides(RunConfig.from_dict(cfg.to_dict()), self.set_args(epochs))
+
+
+# Values not stated by a paper keep the toolkit's TrainConfig default and are not listed.
+PAPER_PRESETS: dict[str, PaperPreset] = {
+    p.name: p for p in (
+        # SCOPE Sec. 5.1 "Implementation": AdamW, initial lr 1e-4 "with decay" (read as
+        # cosine decay; AdamW's own default weight decay 0.01), batch B = 60, 100 epochs.
+        PaperPreset("scope-paper", "scope", {
+            "optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "scheduler": "cosine",
+            "batch_size": 60, "epochs": 100}, "SCOPE Sec. 5.1 (Implementation)"),
+        # DecAlign Sec. 4.1 "Implementation Details": Adam; the rest is in the appendix the
+        # text defers to, taken from the reference config (implementation facts; MOSI:
+        # lr 2e-4, weight decay 5e-3, batch 32, 50 epochs, early stop 10, ReduceLROnPlateau
+        # factor 0.1, gradient clipping 0.6).
+        PaperPreset("decalign-paper", "decalign", {
+            "optimizer": "adam", "lr": 2e-4, "weight_decay": 5e-3, "scheduler": "plateau",
+            "gamma": 0.1, "clip_norm": 0.6, "batch_size": 32, "epochs": 50, "patience": 10},
+            "DecAlign Sec. 4.1 + reference MOSI config (implementation-facts.md)"),
+        # EBMC Sec. 4.1 "Implementation Details": batch 64, each of the two stages 100
+        # epochs (train.epochs is split in halves); App. A.2: lr 1e-4 (Adam, clip 1.0 from
+        # implementation facts).
+        PaperPreset("ebmc-paper", "ebmc", {
+            "optimizer": "adam", "lr": 1e-4, "clip_norm": 1.0, "batch_size": 64,
+            "epochs": 200}, "EBMC Sec. 4.1, App. A.2, implementation-facts.md"),
+        # UDI App. (experimental settings): SGD momentum 0.9, weight decay 1e-4, lr 1e-2
+        # (CREMA-D / Kinetics-Sounds, the audio-visual setting), batch 64. Epochs are not
+        # stated; 100 as in the CG-MNIST reference recipe UDI follows (StepLR(70, 0.1)).
+        PaperPreset("udi-paper", "udi", {
+            "optimizer": "sgd", "momentum": 0.9, "lr": 1e-2, "weight_decay": 1e-4,
+            "scheduler": "step", "step_size": 70, "gamma": 0.1, "batch_size": 64,
+            "epochs": 100}, "UDI appendix (settings), implementation-facts.md (CG-MNIST)"),
+        # InfoBridge Sec. 5 "Training Configuration": SGD momentum 0.9, lr 0.01 (CREMA-D /
+        # AVE) with cosine annealing, weight decay 1e-4, batch 128, 200 epochs.
+        PaperPreset("infobridge-paper", "infobridge", {
+            "optimizer": "sgd", "momentum": 0.9, "lr": 1e-2, "weight_decay": 1e-4,
+            "scheduler": "cosine", "batch_size": 128, "epochs": 200},
+            "InfoBridge Sec. 5 (Training Configuration)"),
+    )
+}
+"""Paper-recipe presets of the five specification methods (``--preset <method>-paper``)."""
+
+
+def paper_preset(name: str) -> PaperPreset:
+    """The paper recipe ``name`` (``scope-paper``, ``decalign-paper``, ``ebmc-paper``,
+    ``udi-paper``, ``infobridge-paper``).
+
+    Raises:
+        KeyError: For an unknown name (the message lists the known ones).
+    """
+    if name not in PAPER_PRESETS:
+        raise KeyError(f"unknown paper preset {name!r}; known: {', '.join(PAPER_PRESETS)}")
+    return PAPER_PRESETS[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m equimodal.presets``: print a preset's ``equimodal train`` arguments
     (``--bench``: ``equimodal bench`` arguments, seeds included)."""

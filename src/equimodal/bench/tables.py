@@ -1,9 +1,11 @@
 """Result tables in the layout of the papers (Markdown, LaTeX, HTML).
 
 * Classification / multilabel (OGM-GE, UDI style): per dataset, one row per modality's
-  unimodal score and a fusion row, one column per method.
+  unimodal score (the split read-out, ``<m> (unimodal)``), followed by its linear probe on
+  frozen features (``<m> (probe)``, when runs report one) and a fusion row, one column per
+  method.
 * Regression (MSA style): per dataset, one row per method, columns Acc-2 and F1 (each
-  ``has0 / non0``), Acc-7, MAE and Corr.
+  ``has0 / non0``), Acc-7, MAE and Corr, plus the per-modality probe MAE when reported.
 
 Cells are mean ± std over seeds of the test split. The best value of each comparison
 (a row of the first layout, a column of the second) is bold and the second best
@@ -167,6 +169,11 @@ def latest_per_point(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return keep.sort_index(), len(runs) - len(keep)
 
 
+def _modalities(done: pd.DataFrame) -> list[str]:
+    return next((list(v) for v in done.get("modalities", pd.Series(dtype=object))
+                 if isinstance(v, list)), [])
+
+
 def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
                   methods: Sequence[str] | None = None) -> Table:
     """The paper table of one dataset label.
@@ -191,16 +198,32 @@ def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
         for m in rows:
             mine = done[done["method"] == m]
             cells.append([[_stat(mine, f"test/{k}", k) for k in keys] for _, keys in MSA_COLUMNS])
+        mods = _modalities(done)
+        probes = [f"test/{mod}/probe_mae" for mod in mods]
+        if any(k in done and done[k].notna().any() for k in probes):
+            # Linear-probe MAE per modality (frozen features; see equimodal.metrics.probe).
+            cols.append("Probe MAE (" + " / ".join(mods) + ")")
+            for m, row in zip(rows, cells, strict=True):
+                mine = done[done["method"] == m]
+                row.append([_stat(mine, k, "probe_mae") for k in probes])
         title = f"{label}: MSA metrics (test, mean±std over {n_seeds} seeds; Acc-2 and F1 " \
                 "as has0/non0)"
         table = Table(title, "method", rows, cols, cells, rank_along="col")
     else:
         metric = metric or DEFAULT_METRIC.get(task or "classification", "accuracy")
-        mods = next((list(v) for v in done.get("modalities", pd.Series(dtype=object))
-                     if isinstance(v, list)), [])
-        rows = [f"{m} (unimodal)" for m in mods] + ["fusion"]
-        keys = [f"test/{m}/{metric}" for m in mods] + [f"test/{metric}"]
-        cells = [[[_stat(done[done["method"] == m], key, metric)] for m in shown]
+        mods = _modalities(done)
+        rows, keys = [], []
+        for m in mods:
+            rows.append(f"{m} (unimodal)")
+            keys.append(f"test/{m}/{metric}")
+            # The linear probe on the modality's frozen features, next to the read-out.
+            probe = f"test/{m}/probe_{metric}"
+            if probe in done and done[probe].notna().any():
+                rows.append(f"{m} (probe)")
+                keys.append(probe)
+        rows.append("fusion")
+        keys.append(f"test/{metric}")
+        cells = [[[_stat(done[done["method"] == m], key, key.rsplit("/", 1)[1])] for m in shown]
                  for key in keys]
         title = f"{label}: {metric} (test, mean±std over {n_seeds} seeds)"
         table = Table(title, "", rows, shown, cells, rank_along="row")
@@ -332,6 +355,15 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
                 "test/acc2_non0"):
         if key in df and df[key].notna().any():
             cols[key.split("/", 1)[1]] = df[key]
+    # Per-modality split read-out next to its linear probe (the honest weak-modality score).
+    for key in [c for c in df.columns if c.startswith("test/") and "/probe_" in c]:
+        mod, probe = key[len("test/"):].rsplit("/", 1)
+        base = probe[len("probe_"):]
+        if base == "macro_f1" or not df[key].notna().any():
+            continue
+        if f"test/{mod}/{base}" in df:
+            cols[f"{mod}/{base}"] = df[f"test/{mod}/{base}"]
+        cols[f"{mod}/{probe}"] = df[key]
     cols["wall_s"] = df["wall_seconds"].round(1)
     cols["reason"] = df["reason"].fillna("").map(lambda s: s.splitlines()[0][:60] if s else "")
     return pd.DataFrame(cols).reset_index(drop=True)

@@ -24,7 +24,7 @@ from equimodal.engine.checkpoint import (
     write_json,
 )
 from equimodal.engine.context import StepContext
-from equimodal.engine.evaluate import evaluate
+from equimodal.engine.evaluate import evaluate, probe_metrics
 from equimodal.engine.optim import build_optimizer, build_scheduler
 from equimodal.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -304,7 +304,11 @@ class Trainer:
                 t_train: float) -> RunResult:
         valid = evaluate(method, data.valid, data.info)
         test = evaluate(method, data.test, data.info)
-        timings = {"train_seconds": t_train}
+        t0 = time.perf_counter()
+        probe_valid, probe_test = probe_metrics(method, data, data.info, seed=self.train.seed)
+        valid.update(probe_valid)
+        test.update(probe_test)
+        timings = {"train_seconds": t_train, "probe_seconds": time.perf_counter() - t0}
         if self.run_dir is not None and self.writer:
             self._save("model.pt", method.state_dict())
             write_json({"valid": valid, "test": test, "timings": timings},

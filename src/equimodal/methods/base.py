@@ -182,6 +182,16 @@ class Method(nn.Module):
         """Inference output (default: :meth:`forward`)."""
         return self(batch)
 
+    def modality_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Frozen per-modality features ``[B, H]`` that the linear probe reads.
+
+        Default: ``predict(batch).features`` (each modality's encoder / representation
+        feature). Override to return the representation the method calls its modality's own
+        (or ``{}`` when its features mix modalities, so no probe is reported rather than a
+        misleading one). Called under ``torch.no_grad`` in eval mode.
+        """
+        return dict(self.predict(batch).features)
+
     # ----- hooks --------------------------------------------------------------------------
     def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
         """Called when a stage starts fresh (not when resuming inside it)."""

@@ -180,3 +180,8 @@ class MulT(Method):
         """The MulT network at width ``d_model``."""
         return MulTNet(info, cast(MulTConfig, cfg), cfg.d_model or model_cfg.hidden,
                        cfg.heads or model_cfg.heads, cfg.layers or model_cfg.layers)
+
+    def modality_features(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """None: each stream's feature is a cross-modal attention output (queries of one
+        modality over the others' keys), not that modality's own, so no probe is reported."""
+        return {}

@@ -245,3 +245,9 @@ class ReconBoost(Method):
         ctx.backward(losses["loss"])
         ctx.step()
         return losses
+
+    def modality_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Each learner's encoder output (the ensemble's logits carry no shared features)."""
+        model = cast(BoostEnsemble, self.model)
+        return {n: model.encoders[n](batch.inputs[n], batch.lengths.get(n))
+                for n in model.encoders if n in batch.inputs}

@@ -48,6 +48,7 @@ from equimodal.methods.scope_modules import (
     GRAPH_FUSIONS,
     ScopeNet,
 )
+from equimodal.presets import PAPER_PRESETS
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -169,12 +170,8 @@ class Scope(Method):
     paper = "Yang, Zhang, Hong, Yuan, SCOPE (shared-and-complementary cue preservation)"
     family = "objective"
     #: The paper's training settings (Sec. 5.1), for ``TrainConfig(**Scope.recommended_train)``:
-    #: AdamW, initial learning rate 1e-4 "with decay" (read as cosine learning-rate decay;
-    #: AdamW's own default weight decay 0.01), batch 60, 100 epochs.
-    recommended_train: ClassVar[dict[str, Any]] = {
-        "optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "scheduler": "cosine",
-        "batch_size": 60, "epochs": 100,
-    }
+    #: the ``scope-paper`` preset (``--preset scope-paper``), its single source.
+    recommended_train: ClassVar[dict[str, Any]] = dict(PAPER_PRESETS["scope-paper"].train)
     # Reference-bank buffers (registered in __init__ when inference uses the bank).
     bank_h: Tensor
     bank_present: Tensor
@@ -251,6 +248,11 @@ class Scope(Method):
         out = self.net.forward_bank(batch, self.bank_h[:, :count], self.bank_present[:, :count],
                                     states, int(self.bank_k))
         return out
+
+    def modality_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Each modality's refined token before cross-attention (``h^m`` mixes modalities:
+        a probe on it read the strong modality through the weak one's feature)."""
+        return {n: self.net._tokens(batch, n) for n in self.net.names}
 
     @torch.no_grad()
     def bank_context(self) -> tuple[Tensor, Tensor, list[Tensor]]:

@@ -293,7 +293,10 @@ def _header(df: pd.DataFrame, db: Path) -> str:
             f"<p class=meta>git {_esc(', '.join(commits) or 'unknown')}; versions "
             f"{_esc('; '.join(versions) or 'unknown')}</p><p>{nav}</p>"
             "<p class=meta>Cells: test-split mean±std over seeds; <b>bold</b> best, "
-            "<u>underlined</u> second best. Model selection used validation only.</p>")
+            "<u>underlined</u> second best. Model selection used validation only. "
+            "Rows <i>m (unimodal)</i> are the split read-out of the fused head (the field's "
+            "convention); rows <i>m (probe)</i> a linear probe fitted on the modality's "
+            "frozen train features, selected on valid, scored on test.</p>")
 
 
 def _section_job(args: tuple[pd.DataFrame, str, str | None, bool, int]) -> str:
