@@ -197,10 +197,12 @@ def multimarginal_sinkhorn(
         for i in range(m):
             pots[i] = pots[i] + epsilon * (log_nus[i] - log_marg(log_gibbs(), i))
         if tol > 0:
-            logp = log_gibbs()
-            gap = max(
-                float((log_marg(logp, i).exp() - log_nus[i].exp()).abs().max()) for i in range(m)
-            )
+            with torch.no_grad():
+                logp = log_gibbs()
+                gap = max(
+                    float((log_marg(logp, i).exp() - log_nus[i].exp()).abs().max())
+                    for i in range(m)
+                )
             if gap < tol:
                 break
     logp = log_gibbs()
