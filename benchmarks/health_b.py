@@ -41,7 +41,8 @@ PAPER: dict[str, dict[str, Any]] = {
 
 
 @torch.no_grad()
-def features(method: Any, split: Any, bs: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def features(method: Any, split: Any, bs: int = 256
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Frozen per-modality features (eval mode) and targets of a split."""
     method.eval()
     out: dict[str, list[torch.Tensor]] = {}
@@ -55,6 +56,22 @@ def features(method: Any, split: Any, bs: int = 256) -> tuple[dict[str, torch.Te
     return {n: torch.cat(v) for n, v in out.items()}, torch.cat(ys)
 
 
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_cls: int, wd: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.zeros(x.shape[1], n_cls, requires_grad=True)
+    b = torch.zeros(n_cls, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + wd * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
 def linear_probe(tr: torch.Tensor, ytr: torch.Tensor, va: torch.Tensor, yva: torch.Tensor,
                  te: torch.Tensor, yte: torch.Tensor, n_cls: int) -> float:
     """Multinomial logistic regression (L-BFGS) on standardised features; weight decay picked
@@ -63,17 +80,7 @@ def linear_probe(tr: torch.Tensor, ytr: torch.Tensor, va: torch.Tensor, yva: tor
     tr, va, te = ((x - mu) / sd for x in (tr, va, te))
     best = (-1.0, 0.0)
     for wd in (1e-4, 1e-3, 1e-2, 1e-1):
-        w = torch.zeros(tr.shape[1], n_cls, requires_grad=True)
-        b = torch.zeros(n_cls, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(tr @ w + b, ytr) + wd * w.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        w, b = _fit_logistic(tr, ytr, n_cls, wd)
         with torch.no_grad():
             acc_va = float(((va @ w + b).argmax(1) == yva).float().mean())
             acc_te = float(((te @ w + b).argmax(1) == yte).float().mean())
