@@ -66,3 +66,12 @@ def test_info_nce_rejects_bad_shapes() -> None:
         info_nce(torch.randn(3, 2), torch.randn(4, 2))
     with pytest.raises(ValueError):
         info_nce(torch.randn(3), torch.randn(3))
+
+
+def test_info_nce_defaults_are_tau_0_1_and_mean() -> None:
+    g = torch.Generator().manual_seed(2)
+    a, p = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    want = sum(_loop(a, p, 0.1, [True] * 5)) / 5
+    assert float(info_nce(a, p)) == pytest.approx(want, abs=1e-4)
+    assert float(cosine_logits(a, p)[0, 1]) == pytest.approx(
+        float(torch.dot(a[0], p[1]) / (a[0].norm() * p[1].norm())) / 0.1, abs=1e-4)

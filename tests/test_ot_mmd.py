@@ -427,3 +427,45 @@ def test_supcon_matches_double_loop() -> None:
 def test_regression_bins() -> None:
     y = torch.tensor([-3.5, -3.0, -2.6, -0.4, 0.0, 0.6, 2.9, 3.2])
     assert regression_bins(y).tolist() == [0, 0, 0, 3, 3, 4, 6, 6]
+
+
+# ----- mutation-testing survivors (issue 18): defaults, batching, degenerate sizes ------------
+def test_gaussian_w2_is_batched_elementwise() -> None:
+    """``[B, d]`` / ``[B, d, d]`` inputs give one distance per item (trace and mean term per
+    item, symmetric square roots per item)."""
+    g = torch.Generator().manual_seed(5)
+    d = 3
+    a = torch.randn(2, d, d, generator=g, dtype=torch.float64)
+    b = torch.randn(2, d, d, generator=g, dtype=torch.float64)
+    cov1 = a @ a.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    cov2 = b @ b.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    mu1 = torch.randn(2, d, generator=g, dtype=torch.float64)
+    mu2 = torch.randn(2, d, generator=g, dtype=torch.float64)
+    got = gaussian_w2(mu1, cov1, mu2, cov2)
+    assert got.shape == (2,)
+    for i in range(2):
+        one = gaussian_w2(mu1[i], cov1[i], mu2[i], cov2[i])
+        assert float(got[i]) == pytest.approx(float(one), rel=1e-9)
+        ref = ot.gaussian.bures_wasserstein_distance(mu1[i].numpy(), mu2[i].numpy(),
+                                                     cov1[i].numpy(), cov2[i].numpy()) ** 2
+        assert float(got[i]) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_mmd_and_sem_defaults_masks_and_degenerate_sizes() -> None:
+    """Default bandwidth 1 and biased estimator; M = 1 gives exactly 0, M = 2 gives the
+    single pair; the mask is honoured by ``multi_mmd_loss``."""
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(2, 7, 3, generator=g)
+    z[1] += 1.0
+    assert float(multi_mmd_loss(z)) == pytest.approx(float(mmd2(z[0], z[1], 1.0, "biased")),
+                                                     rel=1e-5)
+    assert float(multi_mmd_loss(z)) > 0.05
+    assert float(multi_mmd_loss(z[:1] + 5.0)) == 0.0
+    assert float(semantic_alignment_loss(z[:1] + 5.0)) == 0.0
+    assert float(semantic_alignment_loss(z)) > 0.1
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    z_far = z.clone()
+    z_far[1, 4:] = 100.0  # masked out: must not matter
+    want = mmd2(z[0], z[1, :4], 1.0, "biased")
+    assert float(multi_mmd_loss(z_far, mask)) == pytest.approx(float(want), rel=1e-5)
