@@ -113,8 +113,13 @@ class InfoBridgeConfig(MethodConfig):
             near-constant logit offset ("mor 13 %" in README while a linear probe on the
             same frozen features read 66 %). On unit vectors the critic's score cannot be
             raised by a radial change, so the NCE gradient on ``z`` is orthogonal to ``z``
-            (``tests/test_infobridge_health.py``). Measured effect: see the report / README
-            (``benchmarks/health_b.py``).
+            (``tests/test_infobridge_health.py``). Measured (``benchmarks/health_b.py``,
+            shared recipe, 30 epochs, seeds 0-2, literal -> normalised, concat): mfeat
+            mor,pix fusion 97.42 -> 98.08 (98.00), mor norm 23.4 -> 10.2 (7.0), mor linear
+            probe 69.1 -> 72.3 (71.9); synthetic 1.0/0.35 fusion 98.50 -> 98.67 (98.67),
+            weak norm 8.2 -> 5.6 (3.9), probe 58.8 -> 61.2 (62.2). Norms still grow
+            (tangential Adam steps), and mfeat's split read-out of mor stays at 13 %: that
+            number is a read-out artifact, the probe shows the features are intact.
         kmeans_iters: Lloyd iterations per k-means refit.
         kmeans_refit_every: Refit the k-means contexts every this many epochs.
         inference_context: Label context when the critic is evaluated in eval mode:
