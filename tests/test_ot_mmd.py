@@ -540,3 +540,25 @@ def test_unbiased_mmd_over_three_groups_uses_distinct_pairs_only() -> None:
     pairs = [(0, 1), (0, 2), (1, 2)]
     want = sum(float(mmd2(z[i], z[j], 1.0, "unbiased")) for i, j in pairs) / 3
     assert float(multi_mmd_loss(z, estimator="unbiased")) == pytest.approx(want, rel=1e-5)
+
+
+def test_gmm_batched_likelihood_and_empty_component_keeps_its_mean() -> None:
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 12, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 12, dtype=torch.float64)
+    mask[1, 8:] = 0
+    both = fit_diag_gmm(x, 2, mask=mask)
+    for i in range(2):
+        one = fit_diag_gmm(x[i][mask[i] > 0], 2)
+        assert float(both.log_likelihood[i]) == pytest.approx(float(one.log_likelihood[0]),
+                                                              rel=1e-9)
+    init = torch.tensor([[[0.0, 0.0], [1e3, 1e3]]], dtype=torch.float64)
+    far = fit_diag_gmm(x[0], 2, init_means=init)
+    assert torch.allclose(far.means[0, 1], init[0, 1])
+
+
+def test_skewness_of_a_constant_dimension_is_zero() -> None:
+    z = torch.randn(1, 6, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    z[..., 1] = 3.0
+    _, _, skew = group_moments(z)
+    assert torch.isfinite(skew).all() and float(skew[0, 1]) == 0.0
