@@ -140,7 +140,11 @@ def test_defaults_follow_the_paper_and_total_is_eq13() -> None:
     """Paper defaults (alpha = beta = 0.05, Sec. 4.3) and Eq. 13 under those defaults."""
     cfg = DecAlignConfig()
     assert (cfg.alpha, cfg.beta, cfg.dec_weight) == (0.05, 0.05, 1.0)
-    assert (cfg.ot_epsilon, cfg.sinkhorn_iters, cfg.em_iters, cfg.var_floor) == (0.1, 50, 5, 1e-4)
+    assert (cfg.em_iters, cfg.var_floor) == (5, 1e-4)
+    # Readings that train (see the config docstring): squared cosine, cost-scaled epsilon.
+    assert (cfg.dec_similarity, cfg.ot_epsilon, cfg.ot_epsilon_relative) == ("cosine_sq", 0.05,
+                                                                            True)
+    assert (cfg.sinkhorn_iters, cfg.sinkhorn_tol) == (200, 1e-5)
     assert (cfg.mmd_sigma, cfg.ct_weight, cfg.ct_temperature, cfg.ct_bins) == (1.0, 0.003, 0.1, 7)
     assert all(getattr(cfg, s) for s in ABLATIONS)  # the full model has every module on
     t = _losses(_data("regression", 3))
@@ -154,7 +158,8 @@ def test_heterogeneity_loss_matches_pot_pipeline_for_two_modalities() -> None:
     of POT's log-domain Sinkhorn with marginals = mean posteriors (Eq. 8), and Eq. 9."""
     data = _data(seq_len=0)
     torch.manual_seed(0)
-    method = create_method("decalign", data.info, MODEL, sinkhorn_iters=3000)
+    method = create_method("decalign", data.info, MODEL, sinkhorn_iters=3000,
+                           ot_epsilon=0.1, ot_epsilon_relative=False, sinkhorn_tol=0.0)
     batch = _batch(data)
     ex = method(batch).extras
     feats, present = ex["uni_pooled"].detach().double(), ex["present"].double()

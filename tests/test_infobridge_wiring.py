@@ -63,9 +63,10 @@ def test_pair_objective_is_eq1_with_prior_weight_and_margin(data: MultimodalData
     assert plan.idx_b.shape == (n, 5)  # N0 = 5 negatives per positive (Sec. 4.1)
     assert bool((plan.idx_b >= n).any())  # some come from the memory buffer
     crit = method.critic("a", "b")
-    za, zb = out.features["a"][plan.rows], out.features["b"][plan.rows]
-    pool = {"a": torch.cat([za, method.bank_0[plan.bank_rows]]),
-            "b": torch.cat([zb, method.bank_1[plan.bank_rows]])}
+    # The critic sees L2-normalised features (the default reading, ``normalize=True``).
+    za, zb = (F.normalize(out.features[n][plan.rows], dim=-1) for n in ("a", "b"))
+    pool = {"a": torch.cat([za, F.normalize(method.bank_0[plan.bank_rows], dim=-1)]),
+            "b": torch.cat([zb, F.normalize(method.bank_1[plan.bank_rows], dim=-1)])}
     with torch.no_grad():
         log_h = [float(F.logsigmoid(crit(za[i], zb[i], plan.t[i]) + gamma)) for i in range(n)]
 

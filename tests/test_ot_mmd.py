@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 from sklearn.mixture import GaussianMixture
 
-from equimodal.losses.gmm import diag_gaussian_log_prob, fit_diag_gmm
+from equimodal.losses.gmm import diag_gaussian_log_prob, fit_diag_gmm, spaced_init_means
 from equimodal.losses.moments import (
     group_moments,
     mmd2,
@@ -427,3 +427,138 @@ def test_supcon_matches_double_loop() -> None:
 def test_regression_bins() -> None:
     y = torch.tensor([-3.5, -3.0, -2.6, -0.4, 0.0, 0.6, 2.9, 3.2])
     assert regression_bins(y).tolist() == [0, 0, 0, 3, 3, 4, 6, 6]
+
+
+# ----- mutation-testing survivors (issue 18): defaults, batching, degenerate sizes ------------
+def test_gaussian_w2_is_batched_elementwise() -> None:
+    """``[B, d]`` / ``[B, d, d]`` inputs give one distance per item (trace and mean term per
+    item, symmetric square roots per item)."""
+    g = torch.Generator().manual_seed(5)
+    d = 3
+    a = torch.randn(2, d, d, generator=g, dtype=torch.float64)
+    b = torch.randn(2, d, d, generator=g, dtype=torch.float64)
+    cov1 = a @ a.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    cov2 = b @ b.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    mu1 = torch.randn(2, d, generator=g, dtype=torch.float64)
+    mu2 = torch.randn(2, d, generator=g, dtype=torch.float64)
+    got = gaussian_w2(mu1, cov1, mu2, cov2)
+    assert got.shape == (2,)
+    for i in range(2):
+        one = gaussian_w2(mu1[i], cov1[i], mu2[i], cov2[i])
+        assert float(got[i]) == pytest.approx(float(one), rel=1e-9)
+        ref = ot.gaussian.bures_wasserstein_distance(mu1[i].numpy(), mu2[i].numpy(),
+                                                     cov1[i].numpy(), cov2[i].numpy()) ** 2
+        assert float(got[i]) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_mmd_and_sem_defaults_masks_and_degenerate_sizes() -> None:
+    """Default bandwidth 1 and biased estimator; M = 1 gives exactly 0, M = 2 gives the
+    single pair; the mask is honoured by ``multi_mmd_loss``."""
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(2, 7, 3, generator=g)
+    z[1] += 1.0
+    assert float(multi_mmd_loss(z)) == pytest.approx(float(mmd2(z[0], z[1], 1.0, "biased")),
+                                                     rel=1e-5)
+    assert float(multi_mmd_loss(z)) > 0.05
+    assert float(multi_mmd_loss(z[:1] + 5.0)) == 0.0
+    assert float(semantic_alignment_loss(z[:1] + 5.0)) == 0.0
+    assert float(semantic_alignment_loss(z)) > 0.1
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    z_far = z.clone()
+    z_far[1, 4:] = 100.0  # masked out: must not matter
+    want = mmd2(z[0], z[1, :4], 1.0, "biased")
+    assert float(multi_mmd_loss(z_far, mask)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_entropic_objective_with_and_without_log_plan() -> None:
+    plan = torch.tensor([[0.2, 0.3], [0.4, 0.1]], dtype=torch.float64)
+    cost = torch.tensor([[1.0, 2.0], [0.5, 3.0]], dtype=torch.float64)
+    want = float((plan * cost).sum() + 0.3 * (plan * (plan.log() - 1)).sum())
+    assert float(entropic_ot_objective(plan, cost, 0.3)) == pytest.approx(want, rel=1e-12)
+    got = entropic_ot_objective(plan, cost, 0.3, plan.log())
+    assert float(got) == pytest.approx(want, rel=1e-12)
+
+
+def test_spaced_init_means_picks_evenly_spaced_valid_samples() -> None:
+    x = torch.arange(8, dtype=torch.float64).reshape(1, 8, 1)
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 1, 0]], dtype=torch.float64)  # valid: 0 2 3 5 6
+    assert spaced_init_means(x, mask, 1).flatten().tolist() == [0.0]
+    assert spaced_init_means(x, mask, 2).flatten().tolist() == [0.0, 6.0]
+    assert spaced_init_means(x, mask, 3).flatten().tolist() == [0.0, 3.0, 6.0]
+
+
+def test_gmm_unbatched_mask_defaults_and_likelihood() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([torch.randn(10, 2, generator=g, dtype=torch.float64) - 1,
+                   torch.randn(10, 2, generator=g, dtype=torch.float64) + 1])
+    mask = torch.ones(20, dtype=torch.float64)
+    mask[[3, 12, 17]] = 0
+    keep = mask > 0
+    a = fit_diag_gmm(x, 2, mask=mask)
+    b = fit_diag_gmm(x[keep], 2)
+    assert torch.allclose(a.means, b.means) and torch.allclose(a.variances, b.variances)
+    assert torch.allclose(a.resp[0][keep], b.resp[0]) and float(a.resp[0][~keep].abs().sum()) == 0
+    # Mean log-likelihood of the valid samples under the returned parameters.
+    dens = torch.stack([
+        torch.distributions.Normal(a.means[0, c], a.variances[0, c].sqrt()).log_prob(x)
+        .sum(-1) + a.weights[0, c].log() for c in range(2)], -1)
+    assert float(a.log_likelihood[0]) == pytest.approx(
+        float(torch.logsumexp(dens, -1)[keep].mean()), rel=1e-9)
+    assert torch.equal(fit_diag_gmm(x, 2).means, fit_diag_gmm(x, 2, n_iter=5).means)
+    assert not torch.allclose(fit_diag_gmm(x, 2, n_iter=5).means,
+                              fit_diag_gmm(x, 2, n_iter=6).means, atol=1e-10, rtol=0)
+    assert torch.allclose(fit_diag_gmm(x, 3, n_iter=0).weights, torch.full((1, 3), 1 / 3,
+                                                                           dtype=x.dtype))
+    one = fit_diag_gmm(x, 1)
+    assert torch.allclose(one.means[0, 0], x.mean(0))
+    with pytest.raises(ValueError):
+        fit_diag_gmm(x, 0)
+    # A group with a single valid sample: its likelihood is that sample's, not halved.
+    single = torch.zeros(20, dtype=torch.float64)
+    single[4] = 1
+    s = fit_diag_gmm(x, 1, mask=single, var_floor=0.5)
+    ref = torch.distributions.Normal(x[4], math.sqrt(0.5)).log_prob(x[4]).sum()
+    assert float(s.log_likelihood[0]) == pytest.approx(float(ref), rel=1e-9)
+
+
+def test_group_moments_with_one_and_two_valid_samples() -> None:
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, 5, dtype=torch.float64)
+    mask[0, [1, 3]] = 1
+    mask[1, 2] = 1
+    mean, cov, _ = group_moments(z, mask)
+    assert torch.allclose(cov[0], torch.cov(z[0, [1, 3]].T))
+    assert torch.allclose(mean[1], z[1, 2])
+
+
+def test_unbiased_mmd_over_three_groups_uses_distinct_pairs_only() -> None:
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(3, 6, 2, generator=g)
+    z[2] += 0.5
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    want = sum(float(mmd2(z[i], z[j], 1.0, "unbiased")) for i, j in pairs) / 3
+    assert float(multi_mmd_loss(z, estimator="unbiased")) == pytest.approx(want, rel=1e-5)
+
+
+def test_gmm_batched_likelihood_and_empty_component_keeps_its_mean() -> None:
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 12, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 12, dtype=torch.float64)
+    mask[1, 8:] = 0
+    both = fit_diag_gmm(x, 2, mask=mask)
+    for i in range(2):
+        one = fit_diag_gmm(x[i][mask[i] > 0], 2)
+        assert float(both.log_likelihood[i]) == pytest.approx(float(one.log_likelihood[0]),
+                                                              rel=1e-9)
+    init = torch.tensor([[[0.0, 0.0], [1e3, 1e3]]], dtype=torch.float64)
+    far = fit_diag_gmm(x[0], 2, init_means=init)
+    assert torch.allclose(far.means[0, 1], init[0, 1])
+
+
+def test_skewness_of_a_constant_dimension_is_zero() -> None:
+    z = torch.randn(1, 6, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    z[..., 1] = 3.0
+    _, _, skew = group_moments(z)
+    assert torch.isfinite(skew).all() and float(skew[0, 1]) == 0.0

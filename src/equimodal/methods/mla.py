@@ -16,9 +16,13 @@
   ``w_m = exp(max_k e_k - e_m) / sum_j exp(max_k e_k - e_j)``, ``e_m`` the predictive
   entropy of modality ``m`` (absent modalities get weight 0).
 
-``head_projection="owm_add"`` reproduces the reference code instead (``P`` updated with the
-current turn's input, normalised by its Frobenius norm, and ``grad_W <- grad_W + grad_W P^T``);
-``"none"`` disables the modification.
+``head_projection="owm_add"`` reproduces the reference code instead (BalanceBenchmark
+``MLA_trainer.py``, ``GSPlugin.before_update``): from the second turn on, ``P`` absorbs the
+current turn's mean input ``r`` ``[1, H]`` with ``k = P r^T`` ``[H, 1]`` and
+``P <- P - (k k^T) / (a + k r)``, where ``k r`` is the ``H x H`` outer product and the division
+is element-wise (not the scalar ``a + r k`` of the RLS update above); then ``P <- P / ||P||_F``
+and ``grad_W <- grad_W + grad_W P^T`` (see :func:`owm_update_reference`). ``"none"`` disables
+the modification.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
 PROJECTIONS = ("owm", "owm_add", "none")
+
+
+def owm_update_reference(P: Tensor, r: Tensor, alpha: float) -> Tensor:
+    """The reference code's projector update (``GSPlugin.before_update``), reproduced exactly:
+    ``k = P r^T`` and ``P - (k k^T) / (alpha + k r)`` with ``k r`` the ``H x H`` outer product
+    divided element-wise (no clamping, as in the reference; Frobenius normalisation follows
+    in the caller).
+
+    Args:
+        P: ``[H, H]`` projector.
+        r: Mean head input (``[H]`` or ``[1, H]``).
+        alpha: Regulariser ``a = 0.1^(1 + i/n)``.
+    """
+    r = r.reshape(1, -1).to(P.dtype)
+    k = P @ r.t()  # [H, 1]
+    return P - (k @ k.t()) / (alpha + k @ r)
 WEIGHTINGS = ("entropy", "uniform")
 
 
@@ -164,7 +184,7 @@ class MLA(Method):
         elif mode == "owm_add" and int(self.n_turns) > 0:
             # Reference code: P absorbs the current input, is normalised, and the projected
             # gradient is added to (not substituted for) the plain one.
-            p = owm_update(self.projector, r, alpha)
+            p = owm_update_reference(self.projector, r, alpha)
             self.projector.copy_(p / torch.linalg.matrix_norm(p).clamp_min(1e-12))
             if weight.grad is not None:
                 weight.grad.add_(weight.grad @ self.projector.t().to(weight.grad.dtype))

@@ -55,6 +55,10 @@ class OGMGEConfig(MethodConfig):
             ``tanh(alpha * rho)``.
         param_filter: ``all`` encoder parameters (the paper's theta^u) or ``weights`` (tensors
             with two or more dimensions: the reference code modulates conv kernels only).
+        reference_tie: On an exact tie (no ratio above 1) follow the reference code's
+            ``else`` branch: the first modality in the task's order (the reference's audio,
+            ``a, v, out = model(...)``) gets ``k = 1 - tanh(alpha * relu(rho))`` with
+            ``rho = 1``. ``False``: Eq. 10 read literally (every ``k = 1`` on a tie).
     """
 
     alpha: float = 0.8
@@ -63,6 +67,7 @@ class OGMGEConfig(MethodConfig):
     ge: bool = True
     ratio_minus_one: bool = False
     param_filter: str = "all"
+    reference_tie: bool = True
 
 
 class GradientModulationBase(Method):
@@ -179,3 +184,14 @@ class OGMGE(GradientModulationBase):
     Config = OGMGEConfig
     paper = ("Peng et al., Balanced Multimodal Learning via On-the-fly Gradient Modulation, "
              "CVPR 2022")
+
+    @torch.no_grad()
+    def update_coefficients(self, batch: Batch, out: ModelOutput) -> Tensor:
+        """Eq. 8-10, plus the reference code's tie rule (``reference_tie``)."""
+        coeffs = super().update_coefficients(batch, out)
+        if self.cfg.reference_tie and not bool((self.ratios > 1.0).any()):
+            rho = self.ratios[0] - 1.0 if self.cfg.ratio_minus_one else self.ratios[0]
+            coeffs = coeffs.clone()
+            coeffs[0] = 1.0 - torch.tanh(self.cfg.alpha * torch.relu(rho))
+            self.coeffs.copy_(coeffs)
+        return coeffs

@@ -57,7 +57,8 @@ class PMRConfig(MethodConfig):
         modulation_starts: First epoch (inclusive) of rebalancing.
         modulation_ends: Last epoch (inclusive) of rebalancing.
         proto_fraction: Fraction of the training batches used for the prototypes (1 = the
-            whole set; the reference code uses the first tenth for speed).
+            whole set; the reference code uses the first tenth: ``0.1`` takes
+            ``len(loader) // 10`` batches, at least one, as its ``calculate_prototype``).
     """
 
     alpha: float = 1.0
@@ -68,6 +69,13 @@ class PMRConfig(MethodConfig):
     modulation_starts: int = 0
     modulation_ends: int = 100
     proto_fraction: float = 1.0
+
+
+def proto_batch_count(n: int, batch_size: int, fraction: float) -> int:
+    """Batches used for the prototypes: ``floor(fraction * ceil(n / batch_size))``, at least
+    one (the reference stops once ``sample_count >= len(dataloader) // 10``)."""
+    total = math.ceil(n / batch_size)
+    return max(1, math.floor(fraction * total + 1e-9))
 
 
 @register_method("pmr")
@@ -143,7 +151,7 @@ class PMR(Method):
         """Prototypes from the model as it is before this epoch's updates."""
         n = len(ctx.train_split)
         bs = ctx.train.batch_size
-        n_batches = max(1, math.ceil(self.cfg.proto_fraction * math.ceil(n / bs)))
+        n_batches = proto_batch_count(n, bs, self.cfg.proto_fraction)
         batches = []
         for k, batch in enumerate(ctx.iter_train(bs)):
             if k >= n_batches:
