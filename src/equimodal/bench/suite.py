@@ -267,10 +267,10 @@ def expand(suite: Suite, registered: list[str], cli_overrides: list[str] | None 
     points: list[GridPoint] = []
     seen: set[str] = set()
     for entry in suite.datasets:
-        stray = sorted(set(entry.methods or []) - set(methods))
+        # An entry's methods narrow the suite's (``--methods`` may narrow both).
+        stray = sorted(set(entry.methods or []) - set(registered))
         if stray:
-            raise KeyError(f"dataset entry {entry.label!r}: methods {stray} are not among the "
-                           f"suite's methods {methods}")
+            raise KeyError(f"dataset entry {entry.label!r}: unknown method(s) {stray}")
         for method in methods:
             if entry.methods is not None and method not in entry.methods:
                 continue
