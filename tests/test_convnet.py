@@ -43,6 +43,20 @@ def test_layers_parameter_count_and_output_shape() -> None:
     torch.testing.assert_close(out, _reference(color, x.view(5, 3, 28, 28)))
 
 
+def test_reference_weight_init() -> None:
+    torch.manual_seed(0)
+    enc = ConvNet4Encoder(784, 512)  # init="pmr": PMR's utils.weight_init
+    conv4 = enc.trunk[8]
+    fan_out = 64 * 9
+    assert abs(float(conv4.weight.std()) - (2 / fan_out) ** 0.5) < 0.005
+    assert abs(float(enc.fc.weight.std()) - (2 / (64 + 512)) ** 0.5) < 0.005
+    assert float(enc.fc.bias.abs().max()) == 0.0
+    plain = ConvNet4Encoder(784, 512, init="torch")  # kaiming_uniform(a=sqrt(5)): 2.4x smaller
+    assert float(plain.trunk[8].weight.std()) < 0.5 * float(conv4.weight.std())
+    with pytest.raises(ValueError, match="init"):
+        ConvNet4Encoder(784, 8, init="xavier")
+
+
 def test_channels_last_sequences_and_shape_errors() -> None:
     torch.manual_seed(0)
     a = ConvNet4Encoder(784, 16).eval()
