@@ -75,8 +75,8 @@ class ConvNet4Encoder(nn.Module):
             624 steps, because the default init shrinks activations ~2.4x per conv layer.
 
     Raises:
-        ValueError: a bad ``image_shape`` or ``init``, or images smaller than 8x8 (the stride-2 stages
-            need ``H, W >= 8`` for a non-empty 7x7-style pooling window).
+        ValueError: a bad ``image_shape`` or ``init``, or images smaller than 8x8 (the
+            stride-2 stages need ``H, W >= 8`` for a non-empty 7x7-style pooling window).
     """
 
     def __init__(
