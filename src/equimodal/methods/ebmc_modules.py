@@ -147,6 +147,7 @@ class EBMCNet(nn.Module):
         cce_noise_std: Std of ``epsilon`` in training.
         cce_own_dropout: Probability of hiding own parts from ``G_m`` in training.
         impute_missing: Use ``z~_m`` for absent modalities in the fused prediction.
+        cce_predict: Feed ``z~_m`` (not ``z_m``) of every modality to ``f``.
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class EBMCNet(nn.Module):
         cce_noise_std: float = 0.0,
         cce_own_dropout: float = 0.0,
         impute_missing: bool = False,
+        cce_predict: bool = False,
     ) -> None:
         super().__init__()
         names = backbone.modalities
@@ -170,16 +172,19 @@ class EBMCNet(nn.Module):
         self.cce_noise_std = cce_noise_std
         self.cce_own_dropout = cce_own_dropout
         self.impute_missing = impute_missing and use_cce
+        self.cce_predict = cce_predict and use_cce
 
     @property
     def modalities(self) -> list[str]:
         """Modality names in the data's order."""
         return self.backbone.modalities
 
-    def forward(self, batch: Batch, unimodal_only: bool = False) -> ModelOutput:
+    def forward(self, batch: Batch, unimodal_only: bool = False,
+                feature_scale: dict[str, Tensor] | None = None) -> ModelOutput:
         """Run everything; ``extras`` holds ``zc/<m>``, ``zs/<m>``, ``t/<m>`` (``T_m``
         outputs) and ``zt/<m>`` (enhanced features). ``unimodal_only`` stops after ``T_m``
-        (what a teacher needs); ``logits`` is then empty."""
+        (what a teacher needs); ``logits`` is then empty. ``feature_scale`` (modality ->
+        ``[B]``) multiplies each modality's input to ``f`` (IMTD test-time reweighting)."""
         z = self.backbone.encode(batch)
         ref = next(iter(z.values()))
         pres = {n: batch.present[n].to(ref.dtype).unsqueeze(1) for n in z}
@@ -203,8 +208,12 @@ class EBMCNet(nn.Module):
             )
             for n in z:
                 extras[f"zt/{n}"] = zt[n]
-                if self.impute_missing:
+                if self.cce_predict:
+                    h[n] = zt[n]
+                elif self.impute_missing:
                     h[n] = pres[n] * z[n] + (1.0 - pres[n]) * zt[n]
+        if feature_scale is not None:
+            h = {n: h[n] * feature_scale[n].to(h[n].dtype)[:, None] for n in h}
         fused = self.backbone.fuse(batch, h)
         return ModelOutput(fused.logits, z, fused.unimodal_logits, fused.fused, extras)
 
