@@ -427,7 +427,10 @@ def test_teacher_is_the_selected_stage1_model_and_stays_frozen(data, monkeypatch
     batch = data.test.full_batch()
     expected = seen["net"].eval()(batch).extras
     got = method._teacher_outputs(batch)
-    assert all(torch.allclose(got[n], expected[f"t/{n}"]) for n in data.info.modality_names)
+    temp = method.teacher_temp  # teacher_calibration: T_m / s_m
+    assert not torch.equal(temp, torch.ones_like(temp))
+    assert all(torch.allclose(got[n] * temp[j], expected[f"t/{n}"], atol=1e-6)
+               for j, n in enumerate(data.info.modality_names))
 
 
 @pytest.mark.parametrize("where", ["stage_boundary", "inside_stage2"])
