@@ -111,7 +111,7 @@ def test_msd_dis_is_positive_cosine_and_enters_with_plus(data: MultimodalData) -
     batch, out, _ = _forward(m, data)
     names = data.info.modality_names
     zs = [F.normalize(out.extras[f"zs/{n}"], dim=-1) for n in names]
-    want = sum(float((zs[i] * zs[j]).sum(1).mean())
+    want = sum(float((zs[i] * zs[j]).sum(1).mean().detach())
                for i in range(len(names)) for j in range(len(names)) if i != j)
     ctx: Any = SimpleNamespace(stage=Stage(STAGE2))
     torch.manual_seed(3)
@@ -125,8 +125,8 @@ def test_msd_dis_is_positive_cosine_and_enters_with_plus(data: MultimodalData) -
     loss = m._msd_loss(batch, out, uni, {})
     g = torch.autograd.grad(loss, out.extras[f"zs/{names[0]}"])[0]
     step = out.extras[f"zs/{names[0]}"] - 1e-2 * g
-    before = float((F.normalize(out.extras[f"zs/{names[0]}"], dim=-1) * zs[1]).sum(1).mean())
-    after = float((F.normalize(step, dim=-1) * zs[1]).sum(1).mean())
+    before = float((F.normalize(out.extras[f"zs/{names[0]}"], dim=-1) * zs[1]).sum(1).mean().detach())
+    after = float((F.normalize(step, dim=-1) * zs[1]).sum(1).mean().detach())
     assert after < before
 
 
@@ -141,7 +141,7 @@ def test_msd_inv_positive_is_the_aggregated_shared_anchor(data: MultimodalData) 
     want = 0.0
     for z in zc:
         logits = F.normalize(z, dim=-1) @ agg.t() / tau
-        want += float(-(logits.diagonal() - logits.logsumexp(1)).mean())
+        want += float(-(logits.diagonal() - logits.logsumexp(1)).mean().detach())
     want /= len(names)
     ctx: Any = SimpleNamespace(stage=Stage(STAGE2))
     torch.manual_seed(3)
