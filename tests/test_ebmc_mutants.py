@@ -77,7 +77,8 @@ def test_imtd_is_kl_from_student_to_teacher(data: MultimodalData) -> None:
     for j, n in enumerate(names):
         t = F.softmax(teacher[n] / 2.0, -1)
         reverse = reverse + (alpha[:, j] * (t * (t.log() - s.log())).sum(-1)).mean()
-    assert abs(float(want.detach()) - float(reverse.detach())) > 1e-3  # the check can tell the directions apart
+    # The check can tell the two directions apart.
+    assert abs(float(want.detach()) - float(reverse.detach())) > 1e-3
 
 
 def test_cce_task_term_uses_the_enhanced_feature(data: MultimodalData) -> None:
@@ -125,7 +126,8 @@ def test_msd_dis_is_positive_cosine_and_enters_with_plus(data: MultimodalData) -
     loss = m._msd_loss(batch, out, uni, {})
     g = torch.autograd.grad(loss, out.extras[f"zs/{names[0]}"])[0]
     step = out.extras[f"zs/{names[0]}"] - 1e-2 * g
-    before = float((F.normalize(out.extras[f"zs/{names[0]}"], dim=-1) * zs[1]).sum(1).mean().detach())
+    own = F.normalize(out.extras[f"zs/{names[0]}"], dim=-1)
+    before = float((own * zs[1]).sum(1).mean().detach())
     after = float((F.normalize(step, dim=-1) * zs[1]).sum(1).mean().detach())
     assert after < before
 

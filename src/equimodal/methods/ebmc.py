@@ -37,12 +37,8 @@ from equimodal.config import ModelConfig, TrainConfig
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.losses.distill import (
     categorical_kl,
-    categorical_variance,
-    fit_temperature,
     regression_entropy,
     regression_scale_nll,
-    regression_variance,
-    trust_weights,
     weighted_distillation,
 )
 from equimodal.losses.energy import (
@@ -55,7 +51,13 @@ from equimodal.losses.energy import (
 )
 from equimodal.losses.nce import info_nce
 from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
-from equimodal.methods.ebmc_modules import EBMCNet, FrozenSnapshot, modality_contribution
+from equimodal.methods.ebmc_modules import (
+    EBMCNet,
+    FrozenSnapshot,
+    instance_trust,
+    modality_contribution,
+    teacher_temperatures,
+)
 from equimodal.models.multimodal import build_multimodal_model
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -318,24 +320,8 @@ class EBMC(Method):
     @torch.no_grad()
     def calibrate_teachers(self, split: MultimodalSplit, chunk: int = 1024) -> None:
         """Fit each teacher's temperature on ``split`` (see ``teacher_calibration``)."""
-        names = self.info.modality_names
-        logits: dict[str, list[Tensor]] = {n: [] for n in names}
-        keep: dict[str, list[Tensor]] = {n: [] for n in names}
-        targets = []
-        for start in range(0, len(split), chunk):
-            idx = torch.arange(start, min(start + chunk, len(split)),
-                               device=split.target.device)
-            batch = split.batch(idx)
-            out = self.teacher.run(batch, unimodal_only=True)
-            for n in names:
-                logits[n].append(out.extras[f"t/{n}"].float())
-                keep[n].append(batch.present[n])
-            targets.append(batch.target)
-        y = torch.cat(targets)
-        for j, n in enumerate(names):
-            mask = torch.cat(keep[n])
-            if bool(mask.any()):
-                self.teacher_temp[j] = fit_temperature(torch.cat(logits[n])[mask], y[mask])
+        self.teacher_temp.copy_(teacher_temperatures(self.teacher, split, self.info.modality_names,
+                                                     chunk).to(self.teacher_temp))
         log.info("ebmc: teacher temperatures %s", self.teacher_temp.tolist())
 
     # ----- losses -------------------------------------------------------------------------
@@ -453,23 +439,8 @@ class EBMC(Method):
 
     def _trust(self, teacher: dict[str, Tensor], present: Tensor) -> Tensor:
         """Eq. 13-15 trust ``[B, M]`` from the teachers' outputs (both tasks)."""
-        cfg, names = self.cfg, self.info.modality_names
-        t = torch.stack([teacher[n] for n in names], 1)
-        if self.info.kind == "regression":
-            mu = t[..., 0]
-            if cfg.imtd_uncertainty == "variance":
-                sigma = regression_variance(_log_scale(t), self.family_name)
-                return trust_weights(sigma, sigma, present, cfg.rho_offset)
-            w = present.to(mu.dtype)
-            mean = (mu * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
-            sigma = (mu - mean).abs()
-            return trust_weights(sigma, sigma.pow(2), present, cfg.rho_offset)
-        if cfg.imtd_uncertainty == "variance":
-            sigma = torch.stack([categorical_variance(t[:, j], cfg.tau)
-                                 for j in range(len(names))], 1)
-            return trust_weights(sigma, sigma, present, cfg.rho_offset)
-        sigma = torch.stack([categorical_entropy(t[:, j], cfg.tau) for j in range(len(names))], 1)
-        return trust_weights(sigma, sigma.pow(2), present, cfg.rho_offset)
+        return instance_trust(teacher, present, self.info.modality_names, self.info.kind,
+                              self.cfg, self.family_name)
 
     @torch.no_grad()
     def _update_trust_mean(self, alpha: Tensor, present: Tensor) -> None:
