@@ -201,14 +201,14 @@ def test_method_penalty_equals_per_sample_gradients(data) -> None:  # type: igno
         z, t = out.features[n], out.extras[f"t/{n}"]
         e = modality_energy(z, F.cross_entropy(t, batch.target, reduction="none"),
                             categorical_entropy(t), cfg.energy_alpha, cfg.energy_beta,
-                            cfg.energy_gamma)
+                            cfg.energy_gamma, cfg.sq_norm_reduction)
         per = [torch.autograd.grad(e[i], z, retain_graph=True)[0][i].pow(2).sum() for i in range(8)]
         total += float(torch.stack(per).mean())
     assert float(parts["emc/penalty"]) == pytest.approx(total, rel=1e-4)
 
 
 def test_norm_only_penalty_closed_form(data) -> None:  # type: ignore[no-untyped-def]
-    method = _method(data.info, grad_penalty="norm_only", energy_alpha=0.5)
+    method = _method(data.info, grad_penalty="norm_only", energy_alpha=0.5, sq_norm_reduction="sum")
     batch = data.train.batch(torch.arange(8))
     parts = _parts(method, batch)
     out = method(batch)
@@ -276,7 +276,7 @@ def test_table7_ablation_removes_its_energy_term(data, term: str) -> None:  # ty
         z, t = out.features[n], out.extras[f"t/{n}"]
         e = torch.zeros(16)
         if term != "use_energy_norm":
-            e = e + c.energy_alpha * z.pow(2).sum(1)
+            e = e + c.energy_alpha * z.pow(2).mean(1)  # default: mean over features
         if term != "use_energy_loss":
             e = e + c.energy_beta * F.cross_entropy(t, batch.target, reduction="none")
         if term != "use_energy_uncertainty":
@@ -427,7 +427,10 @@ def test_teacher_is_the_selected_stage1_model_and_stays_frozen(data, monkeypatch
     batch = data.test.full_batch()
     expected = seen["net"].eval()(batch).extras
     got = method._teacher_outputs(batch)
-    assert all(torch.allclose(got[n], expected[f"t/{n}"]) for n in data.info.modality_names)
+    temp = method.teacher_temp  # teacher_calibration: T_m / s_m
+    assert not torch.equal(temp, torch.ones_like(temp))
+    assert all(torch.allclose(got[n] * temp[j], expected[f"t/{n}"], atol=1e-6)
+               for j, n in enumerate(data.info.modality_names))
 
 
 @pytest.mark.parametrize("where", ["stage_boundary", "inside_stage2"])

@@ -362,7 +362,8 @@ def test_loss_weight_net_maps_losses_and_joint_training_favours_small_losses(
     {"use_sa": False}, {"use_ca": False}, {"use_sa": False, "use_ca": False},
     {"use_mid": False}, {"use_align": False}, {"fusion": "mlp", "use_align": False},
     {"fusion": "mean"}, {"fusion": "gat_stack"}, {"loss_weighting": "fixed"},
-    {"graph_lambda": "exact"}, {"attention_mask": "literal"}, {"dis_reduction": "mean"},
+    {"graph_lambda": "exact"}, {"attention_mask": "literal"}, {"dis_reduction": "sum"},
+    {"loss_weighting": "mlp"},
     {"inference": "batch"}, {"unimodal_heads": False}, {"bank_k": "fixed", "k": None},
     {"diffusion_steps": 0, "xi": 0.5}, {"phi_floor": 0.2},
 ])
@@ -386,6 +387,10 @@ def test_every_switch_trains_and_is_wired(tiny_data, overrides: dict[str, Any]) 
         assert torch.isclose(terms["loss"], want)
     else:
         assert net.weighting is not None
+        if cfg.loss_weighting == "normalized":
+            # First step: every normalised loss is exactly 1, so Phi gets no push yet.
+            net.zero_grad()
+            _step(method, tiny_data.train.batch(torch.arange(40, 80)))
         assert any(p.grad is not None and p.grad.abs().sum() > 0
                    for p in net.weighting.parameters())
     grads = [p.grad for p in net.encoders.parameters()]

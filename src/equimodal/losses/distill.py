@@ -66,6 +66,36 @@ def regression_scale_nll(
     )
 
 
+def fit_temperature(logits: Tensor, target: Tensor, lo: float = 0.02, hi: float = 50.0,
+                    steps: int = 121) -> float:
+    """Temperature ``s`` minimising the NLL of ``softmax(logits / s)`` (calibration).
+
+    A log-spaced grid search (deterministic, one vectorised pass); the grid's relative
+    spacing (~7 % at the defaults) is finer than calibration needs.
+
+    Args:
+        logits: ``[N, C]``.
+        target: ``[N]`` class indices.
+        lo: Smallest temperature tried.
+        hi: Largest temperature tried.
+        steps: Grid points.
+
+    Returns:
+        The best temperature.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> round(fit_temperature(z, torch.tensor([0, 1])), 3)  # always right: sharpest
+        0.02
+    """
+    grid = torch.logspace(math.log10(lo), math.log10(hi), steps, dtype=logits.dtype,
+                          device=logits.device)
+    logp = F.log_softmax(logits[None] / grid[:, None, None], dim=-1)  # [S, N, C]
+    nll = -logp.gather(2, target[None, :, None].expand(steps, -1, 1)).squeeze(2).mean(1)
+    return float(grid[int(nll.argmin())])
+
+
 def categorical_kl(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Per-sample ``KL(softmax(p / T) || softmax(q / T))`` (``[B]``)."""
     logp = F.log_softmax(p_logits / temperature, dim=-1)

@@ -34,13 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equimodal.config import ModelConfig, TrainConfig
+from equimodal.data.dataset import MultimodalSplit
 from equimodal.losses.distill import (
     categorical_kl,
-    categorical_variance,
     regression_entropy,
     regression_scale_nll,
-    regression_variance,
-    trust_weights,
     weighted_distillation,
 )
 from equimodal.losses.energy import (
@@ -53,7 +51,13 @@ from equimodal.losses.energy import (
 )
 from equimodal.losses.nce import info_nce
 from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
-from equimodal.methods.ebmc_modules import EBMCNet, FrozenSnapshot, modality_contribution
+from equimodal.methods.ebmc_modules import (
+    EBMCNet,
+    FrozenSnapshot,
+    instance_trust,
+    modality_contribution,
+    teacher_temperatures,
+)
 from equimodal.models.multimodal import build_multimodal_model
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -95,6 +99,11 @@ class EBMCConfig(MethodConfig):
             the paper calls it optional and gives no value).
         cce_detach_target: Stop gradients into the reconstruction target z_m (reference).
         cce_impute_missing: Use z~_m in place of an absent modality's features.
+        cce_predict: Feed z~_m of every modality to the fusion head f (train and test).
+            Default False: Eq. 7 uses ``f(z~_m, z_-m)`` only inside ``L_CCE`` and Eq. 17
+            trains ``L_task`` on f of the encoder features; Sec. 3.3's "provides more
+            informative representations for subsequent EMC" is read as a training effect
+            (through the shared encoder and D^c/D^s), not a change of the prediction path.
         cce_own_dropout: Probability of hiding a sample's own parts from G_m in training.
         use_emc: EMC on (Table 4 "w/o EMC" = False).
         use_energy_norm: The alpha ||z_m||^2 term of Eq. 8 (Table 7).
@@ -107,7 +116,10 @@ class EBMCConfig(MethodConfig):
         grad_penalty: ``full`` = ||dE(m)/dz_m||^2 (Eq. 12) or ``norm_only`` = gradient of the
             norm term only (reference).
         sq_norm_reduction: ``sum`` (||.||_2^2, paper) or ``mean`` over features (reference)
-            for Eq. 7's reconstruction and Eq. 8's norm term.
+            for Eq. 7's reconstruction and Eq. 8's norm term. Default ``mean``: summed
+            over H = 64-256 features the norm term is 95-97 % of the energy, so L_gap
+            balances feature norms and l_m (Table 7's most important term) is 1-2 % of it;
+            stage II then stalls (train CE 1.00 vs 0.73 with mean).
         uncertainty_source: u_m from the ``student``'s T_m (Eq. 37 differentiates it) or
             the frozen ``teacher`` (reference).
         use_imtd: IMTD on (Table 4 "w/o IMTD" = False).
@@ -119,6 +131,28 @@ class EBMCConfig(MethodConfig):
         kl_direction: ``student_teacher`` = KL(student || teacher) (Eq. 16) or
             ``teacher_student`` (usual distillation).
         tau_sq_scale: Multiply L_IMTD by tau^2 (reference).
+        teacher_calibration: ``temperature`` (default) or ``none``. At the start of stage II
+            each classification teacher ``T_m`` gets one temperature ``s_m`` minimising
+            its NLL on the validation split (training split if none), and IMTD, the
+            uncertainty ``u_m`` and the KL targets use ``T_m / s_m``. Reading: Eq. 13-15
+            treat ``p_{T_m}`` as a predictive distribution whose variance measures
+            reliability, which presupposes calibrated probabilities. Measured without it
+            (paper recipe, synthetic 1.0 / 0.35): teachers at 92 % / 38 % test accuracy
+            but both near-flat (variance 0.67 / 0.74 of a 0.9 maximum), trust 0.54 / 0.46.
+            Raising their loss weight (the ``zeta lambda2 = 0.05`` diagnosis) changes
+            nothing under Adam: in stage I the heads' only gradient is L_uni and Adam's
+            step does not depend on its scale (identical runs to 4 digits). With it,
+            trust is 0.90 / 0.10 (per-sample std 0.14), but distilling towards the sharper
+            strong teacher costs fusion at the paper recipe: 93.7 % vs 96.0 % with
+            ``none`` (seeds 0-2; concat 97.0 %); shared recipe 99.2 % (concat 98.8 %).
+        imtd_inference: ``off`` (default) or ``reweight``: Sec. 4.4 (Q3) says IMTD
+            "estimates per-sample modality reliability at inference time" and suppresses a
+            corrupted modality. Reading: at inference (stage II) each modality's input to f
+            is scaled by ``alpha_m^i / abar_m`` (Eq. 15 trust from the frozen teachers over
+            its running training mean ``abar_m``, clamped to ``[0, M]``), so a typical
+            sample is unchanged and only samples whose modality is unusually unreliable
+            are rebalanced.
+        trust_momentum: Momentum of the running mean trust ``abar_m`` (per step).
         regression_loss: ``l1`` (MSA convention) or ``mse``.
         contribution_samples: Training samples used for the per-epoch contribution metric.
     """
@@ -142,6 +176,7 @@ class EBMCConfig(MethodConfig):
     cce_noise_std: float = 0.1
     cce_detach_target: bool = True
     cce_impute_missing: bool = False
+    cce_predict: bool = False
     cce_own_dropout: float = 0.0
     use_emc: bool = True
     use_energy_norm: bool = True
@@ -152,7 +187,7 @@ class EBMCConfig(MethodConfig):
     energy_gamma: float = 0.1
     delta: float = 0.01
     grad_penalty: str = "full"
-    sq_norm_reduction: str = "sum"
+    sq_norm_reduction: str = "mean"
     uncertainty_source: str = "student"
     use_imtd: bool = True
     tau: float = 1.0
@@ -160,6 +195,9 @@ class EBMCConfig(MethodConfig):
     rho_offset: float = 0.0
     kl_direction: str = "student_teacher"
     tau_sq_scale: bool = False
+    teacher_calibration: str = "temperature"
+    imtd_inference: str = "off"
+    trust_momentum: float = 0.99
     regression_loss: str = "l1"
     contribution_samples: int = 1024
 
@@ -174,6 +212,8 @@ _CHOICES = {
     "imtd_uncertainty": ("variance", "reference"),
     "kl_direction": ("student_teacher", "teacher_student"),
     "regression_loss": ("l1", "mse"),
+    "imtd_inference": ("off", "reweight"),
+    "teacher_calibration": ("temperature", "none"),
 }
 
 
@@ -193,6 +233,8 @@ def validate_config(cfg: EBMCConfig) -> None:
     for name in ("stage1_epochs", "stage2_epochs"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ValueError(f"ebmc: {name} must be >= 0 or None, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.trust_momentum < 1.0:
+        raise ValueError(f"ebmc: trust_momentum must be in [0, 1), got {cfg.trust_momentum}")
     if not 0.0 <= cfg.cce_own_dropout < 1.0:
         raise ValueError(f"ebmc: cce_own_dropout must be in [0, 1), got {cfg.cce_own_dropout}")
     if cfg.use_emc and not (cfg.use_energy_norm or cfg.use_energy_loss
@@ -227,7 +269,7 @@ class EBMC(Method):
         uni_out = info.num_outputs if info.kind == "classification" else 2
         return EBMCNet(
             backbone, model_cfg.hidden, uni_out, cfg.use_msd, cfg.use_cce, cfg.cce_generator,
-            cfg.cce_noise_std, cfg.cce_own_dropout, cfg.cce_impute_missing,
+            cfg.cce_noise_std, cfg.cce_own_dropout, cfg.cce_impute_missing, cfg.cce_predict,
         )
 
     def __init__(self, model: nn.Module, info: TaskInfo, cfg: EBMCConfig) -> None:
@@ -235,6 +277,11 @@ class EBMC(Method):
         # Buffers only: restored from checkpoints, in no optimiser group.
         self.teacher = FrozenSnapshot(model)
         self.family_name = "laplace" if cfg.regression_loss == "l1" else "gaussian"
+        # Running mean trust per modality (IMTD test-time reweighting).
+        m = len(info.modalities)
+        self.register_buffer("trust_mean", torch.full((m,), 1.0 / m))
+        # Per-modality teacher temperatures (teacher_calibration), fitted at stage II.
+        self.register_buffer("teacher_temp", torch.ones(m))
 
     @property
     def net(self) -> EBMCNet:
@@ -267,6 +314,18 @@ class EBMC(Method):
         if stage.name == STAGE2:
             self.teacher.copy_from(self.net)
             log.info("ebmc: stage-I model frozen as the teacher")
+            self.teacher_temp.fill_(1.0)
+            if self.cfg.teacher_calibration == "temperature" and \
+                    self.info.kind == "classification":
+                split = ctx.valid_split if ctx.valid_split is not None else ctx.train_split
+                self.calibrate_teachers(split)
+
+    @torch.no_grad()
+    def calibrate_teachers(self, split: MultimodalSplit, chunk: int = 1024) -> None:
+        """Fit each teacher's temperature on ``split`` (see ``teacher_calibration``)."""
+        self.teacher_temp.copy_(teacher_temperatures(self.teacher, split, self.info.modality_names,
+                                                     chunk).to(self.teacher_temp))
+        log.info("ebmc: teacher temperatures %s", self.teacher_temp.tolist())
 
     # ----- losses -------------------------------------------------------------------------
     def _teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
@@ -275,7 +334,11 @@ class EBMC(Method):
             log.warning("ebmc: teacher missing at stage II; snapshotting the current model")
             self.teacher.copy_from(self.net)
         out: ModelOutput = self.teacher.run(batch, unimodal_only=True)
-        return {n: out.extras[f"t/{n}"] for n in self.info.modality_names}
+        names = self.info.modality_names
+        if self.info.kind == "regression":
+            return {n: out.extras[f"t/{n}"] for n in names}
+        temp = self.teacher_temp.to(out.extras[f"t/{names[0]}"].dtype)
+        return {n: out.extras[f"t/{n}"] / temp[j] for j, n in enumerate(names)}
 
     def _uni_per_sample(self, t: Tensor, target: Tensor) -> Tensor:
         """Per-sample task loss of a ``T_m`` output (regression: on its mean)."""
@@ -377,6 +440,37 @@ class EBMC(Method):
         parts["emc/gap"], parts["emc/penalty"] = gap.detach(), pen.detach()
         return gap + cfg.delta * pen
 
+    def _trust(self, teacher: dict[str, Tensor], present: Tensor) -> Tensor:
+        """Eq. 13-15 trust ``[B, M]`` from the teachers' outputs (both tasks)."""
+        return instance_trust(teacher, present, self.info.modality_names, self.info.kind,
+                              self.cfg, self.family_name)
+
+    @torch.no_grad()
+    def _update_trust_mean(self, alpha: Tensor, present: Tensor) -> None:
+        """Running mean of each modality's trust over the samples that have it."""
+        w = present.to(alpha.dtype)
+        batch_mean = (alpha * w).sum(0) / w.sum(0).clamp_min(1.0)
+        has = w.sum(0) > 0
+        mom = self.cfg.trust_momentum
+        upd = mom * self.trust_mean + (1.0 - mom) * batch_mean.to(self.trust_mean.dtype)
+        self.trust_mean.copy_(torch.where(has, upd, self.trust_mean))
+
+    def trust_scales(self, batch: Batch) -> dict[str, Tensor]:
+        """IMTD test-time reweighting: ``alpha_m^i / abar_m`` clamped to ``[0, M]``."""
+        names = self.info.modality_names
+        present = torch.stack([batch.present[n] for n in names], 1)
+        alpha = self._trust(self._teacher_outputs(batch), present)
+        scale = (alpha / self.trust_mean.to(alpha.dtype).clamp_min(1e-6)).clamp(0.0, len(names))
+        return {n: scale[:, j] for j, n in enumerate(names)}
+
+    def predict(self, batch: Batch) -> ModelOutput:
+        """Inference; with ``imtd_inference="reweight"`` and a ready teacher, each
+        modality's input to ``f`` is scaled by its per-sample relative trust."""
+        if self.cfg.imtd_inference == "reweight" and bool(self.teacher.ready):
+            out: ModelOutput = self.net(batch, feature_scale=self.trust_scales(batch))
+            return out
+        return self(batch)
+
     def _imtd_loss(self, batch: Batch, out: ModelOutput, teacher: dict[str, Tensor],
                    parts: dict[str, Tensor]) -> Tensor:
         """Eq. 16: trust-weighted divergence between the fused student and each teacher."""
@@ -384,26 +478,8 @@ class EBMC(Method):
         present = torch.stack([batch.present[n] for n in names], 1)
         t = torch.stack([teacher[n] for n in names], 1)  # [B, M, K]
         if self.info.kind == "regression":
-            mu = t[..., 0]
-            if cfg.imtd_uncertainty == "variance":
-                sigma = regression_variance(_log_scale(t), self.family_name)
-                spread = sigma
-            else:
-                w = present.to(mu.dtype)
-                mean = (mu * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
-                sigma = (mu - mean).abs()
-                spread = sigma.pow(2)
-            student = out.logits.reshape(-1, 1)
-            div = (student - mu).pow(2) / (2.0 * cfg.tau)
+            div = (out.logits.reshape(-1, 1) - t[..., 0]).pow(2) / (2.0 * cfg.tau)
         else:
-            if cfg.imtd_uncertainty == "variance":
-                sigma = torch.stack([categorical_variance(t[:, j], cfg.tau)
-                                     for j in range(len(names))], 1)
-                spread = sigma
-            else:
-                sigma = torch.stack([categorical_entropy(t[:, j], cfg.tau)
-                                     for j in range(len(names))], 1)
-                spread = sigma.pow(2)
             cols = []
             for j in range(len(names)):
                 if cfg.kl_direction == "student_teacher":
@@ -411,7 +487,9 @@ class EBMC(Method):
                 else:
                     cols.append(categorical_kl(t[:, j], out.logits, cfg.tau))
             div = torch.stack(cols, 1)
-        alpha = trust_weights(sigma, spread, present, cfg.rho_offset)
+        alpha = self._trust(teacher, present)
+        if self.training and torch.is_grad_enabled():
+            self._update_trust_mean(alpha, present)
         loss = weighted_distillation(div, alpha)
         if cfg.tau_sq_scale:
             loss = loss * cfg.tau**2

@@ -15,6 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from equimodal.losses.distill import (
+    categorical_variance,
+    fit_temperature,
+    regression_variance,
+    trust_weights,
+)
+from equimodal.losses.energy import categorical_entropy
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.types import Batch, ModelOutput
 
@@ -147,6 +154,7 @@ class EBMCNet(nn.Module):
         cce_noise_std: Std of ``epsilon`` in training.
         cce_own_dropout: Probability of hiding own parts from ``G_m`` in training.
         impute_missing: Use ``z~_m`` for absent modalities in the fused prediction.
+        cce_predict: Feed ``z~_m`` (not ``z_m``) of every modality to ``f``.
     """
 
     def __init__(
@@ -160,6 +168,7 @@ class EBMCNet(nn.Module):
         cce_noise_std: float = 0.0,
         cce_own_dropout: float = 0.0,
         impute_missing: bool = False,
+        cce_predict: bool = False,
     ) -> None:
         super().__init__()
         names = backbone.modalities
@@ -170,16 +179,19 @@ class EBMCNet(nn.Module):
         self.cce_noise_std = cce_noise_std
         self.cce_own_dropout = cce_own_dropout
         self.impute_missing = impute_missing and use_cce
+        self.cce_predict = cce_predict and use_cce
 
     @property
     def modalities(self) -> list[str]:
         """Modality names in the data's order."""
         return self.backbone.modalities
 
-    def forward(self, batch: Batch, unimodal_only: bool = False) -> ModelOutput:
+    def forward(self, batch: Batch, unimodal_only: bool = False,
+                feature_scale: dict[str, Tensor] | None = None) -> ModelOutput:
         """Run everything; ``extras`` holds ``zc/<m>``, ``zs/<m>``, ``t/<m>`` (``T_m``
         outputs) and ``zt/<m>`` (enhanced features). ``unimodal_only`` stops after ``T_m``
-        (what a teacher needs); ``logits`` is then empty."""
+        (what a teacher needs); ``logits`` is then empty. ``feature_scale`` (modality ->
+        ``[B]``) multiplies each modality's input to ``f`` (IMTD test-time reweighting)."""
         z = self.backbone.encode(batch)
         ref = next(iter(z.values()))
         pres = {n: batch.present[n].to(ref.dtype).unsqueeze(1) for n in z}
@@ -203,10 +215,62 @@ class EBMCNet(nn.Module):
             )
             for n in z:
                 extras[f"zt/{n}"] = zt[n]
-                if self.impute_missing:
+                if self.cce_predict:
+                    h[n] = zt[n]
+                elif self.impute_missing:
                     h[n] = pres[n] * z[n] + (1.0 - pres[n]) * zt[n]
+        if feature_scale is not None:
+            h = {n: h[n] * feature_scale[n].to(h[n].dtype)[:, None] for n in h}
         fused = self.backbone.fuse(batch, h)
         return ModelOutput(fused.logits, z, fused.unimodal_logits, fused.fused, extras)
+
+
+@torch.no_grad()
+def teacher_temperatures(teacher: FrozenSnapshot, split: Any, names: list[str],
+                         chunk: int = 1024) -> Tensor:
+    """Per-modality temperature of each classification teacher ``T_m`` fitted by NLL on
+    ``split`` (:func:`~equimodal.losses.distill.fit_temperature`); 1 where absent."""
+    logits: dict[str, list[Tensor]] = {n: [] for n in names}
+    keep: dict[str, list[Tensor]] = {n: [] for n in names}
+    targets = []
+    for start in range(0, len(split), chunk):
+        idx = torch.arange(start, min(start + chunk, len(split)), device=split.target.device)
+        batch = split.batch(idx)
+        out = teacher.run(batch, unimodal_only=True)
+        for n in names:
+            logits[n].append(out.extras[f"t/{n}"].float())
+            keep[n].append(batch.present[n])
+        targets.append(batch.target)
+    y = torch.cat(targets)
+    temp = torch.ones(len(names))
+    for j, n in enumerate(names):
+        mask = torch.cat(keep[n])
+        if bool(mask.any()):
+            temp[j] = fit_temperature(torch.cat(logits[n])[mask], y[mask])
+    return temp
+
+
+def instance_trust(teacher: dict[str, Tensor], present: Tensor, names: list[str], kind: str,
+                   cfg: Any, family: str) -> Tensor:
+    """Eq. 13-15 trust ``[B, M]`` from the teachers' outputs (``cfg.imtd_uncertainty``:
+    ``variance`` = predictive variance; ``reference`` = entropy or deviation from the
+    teachers' mean, spread = its square)."""
+    t = torch.stack([teacher[n] for n in names], 1)
+    if kind == "regression":
+        mu = t[..., 0]
+        if cfg.imtd_uncertainty == "variance":
+            sigma = regression_variance(t[..., 1].clamp(-10.0, 10.0), family)
+            return trust_weights(sigma, sigma, present, cfg.rho_offset)
+        w = present.to(mu.dtype)
+        mean = (mu * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+        sigma = (mu - mean).abs()
+        return trust_weights(sigma, sigma.pow(2), present, cfg.rho_offset)
+    if cfg.imtd_uncertainty == "variance":
+        sigma = torch.stack([categorical_variance(t[:, j], cfg.tau) for j in range(len(names))],
+                            1)
+        return trust_weights(sigma, sigma, present, cfg.rho_offset)
+    sigma = torch.stack([categorical_entropy(t[:, j], cfg.tau) for j in range(len(names))], 1)
+    return trust_weights(sigma, sigma.pow(2), present, cfg.rho_offset)
 
 
 def _freeze_as_buffers(module: nn.Module) -> nn.Module:

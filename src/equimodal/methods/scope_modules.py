@@ -285,7 +285,7 @@ class ScopeNet(nn.Module):
             {n: nn.Linear(d, info.num_outputs) for n in names}
         ) if cfg.unimodal_heads else None
         self.weighting: LossWeightNet | None = LossWeightNet(3, floor=cfg.phi_floor) \
-            if cfg.loss_weighting == "mlp" else None
+            if cfg.loss_weighting in ("mlp", "normalized") else None
 
     # ----- AFR ---------------------------------------------------------------------------
     def _tokens(self, batch: Batch, name: str) -> Tensor:
