@@ -63,8 +63,8 @@ def test_marker_where_the_interval_excludes_zero() -> None:
     base = [0.60, 0.70, 0.65, 0.62]
     df = _frame([("concat", s, v) for s, v in enumerate(base)]
                 + [("up", s, v + 0.05 + 0.002 * s) for s, v in enumerate(base)]
-                + [("noisy", s, v + d) for s, (v, d) in enumerate(zip(base, [.1, -.1, .05,
-                                                                                 -.04]))]
+                + [("noisy", s, v + d)
+                   for s, (v, d) in enumerate(zip(base, [.1, -.1, .05, -.04], strict=True))]
                 + [("one", 0, 0.9)])
     got = paired(df, "d")
     assert got["up"].significant and got["up"].text().endswith("*")
