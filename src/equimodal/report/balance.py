@@ -91,9 +91,12 @@ def balance_section(done: pd.DataFrame, mods: list[str], metric: str,
         return ""
     what = "a linear probe on each method's own features" if use_probe else \
         "each method's read-out head (no linear-probe metric in these runs)"
+    lower = metric.endswith(_LOWER_BETTER)
+    side, up = ("left", "below") if lower else ("right", "above")
     return ("<h3>Balance: fusion vs the weak modality</h3>"
-            f"<p class=meta>weak modality <b>{weak}</b> (lower {metric} of the {source} "
-            f"runs); y = its test {metric} measured by {what}; mean ± std over seeds. "
-            f"Right of the vertical line: better fusion than {baseline}; above the dashed "
-            f"line: the weak modality learned more than under {baseline}.</p>"
+            f"<p class=meta>weak modality <b>{weak}</b> ({'higher' if lower else 'lower'} "
+            f"{metric} of the {source} runs); y = its test {metric} measured by {what}; "
+            f"mean ± std over seeds. {side.capitalize()} of the vertical line: better fusion "
+            f"than {baseline}; {up} the dashed line: the weak modality learned more than "
+            f"under {baseline}.</p>"
             f'<img alt="balance chart" src="data:image/png;base64,{img}">')
