@@ -343,15 +343,9 @@ def test_trackers_are_optional_and_log_finished_runs(tmp_path: Path,
         make_trackers(["wandb"], tmp_path)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # "not installed": import fails
     assert make_trackers(["mlflow"], tmp_path) == []
-    # Stand-ins record what the trackers send, as the real packages would receive it.
+    # The real packages are exercised in tests/test_trackers_real.py; here a TensorBoard
+    # stand-in checks the tracker's calls without the package.
     calls: list[tuple[str, Any]] = []
-    fake = types.ModuleType("mlflow")
-    fake.set_experiment = lambda name: calls.append(("experiment", name))  # type: ignore[attr-defined]
-    fake.start_run = lambda run_name: __import__("contextlib").nullcontext()  # type: ignore[attr-defined]
-    fake.set_tags = lambda tags: calls.append(("tags", tags))  # type: ignore[attr-defined]
-    fake.log_params = lambda params: calls.append(("params", params))  # type: ignore[attr-defined]
-    fake.log_metrics = lambda m, step=None: calls.append(("metrics", (m, step)))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
 
     class Writer:
         def __init__(self, log_dir: str) -> None:
@@ -366,17 +360,12 @@ def test_trackers_are_optional_and_log_finished_runs(tmp_path: Path,
     tb = types.ModuleType("torch.utils.tensorboard")
     tb.SummaryWriter = Writer  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", tb)
-    trackers = make_trackers(["mlflow", "tensorboard"], tmp_path)
-    assert len(trackers) == 2
+    trackers = make_trackers(["tensorboard"], tmp_path)
+    assert len(trackers) == 1
     summary = run_grid(expand(tiny_suite(["concat"], 1), ["concat"]), tmp_path, InlineLauncher(),
                        on_record=lambda r: [t(r) for t in trackers])
     assert summary.counts["finished"] == 1
-    kinds = [c[0] for c in calls]
-    assert kinds.count("experiment") == 1 and ("closed", None) in calls
-    params = next(c[1] for c in calls if c[0] == "params")
-    assert params["method"] == '"concat"' and params["train.epochs"] == "2"
-    steps = [c[1][1] for c in calls if c[0] == "metrics"]
-    assert steps[:1] == [None] and [s for s in steps if s is not None] == [0, 1]
+    assert ("closed", None) in calls
     assert ("scalar", ("valid/accuracy", 1)) in calls
 
 

@@ -136,3 +136,49 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     assert dom.h2 == source.h2
     assert all(img["src"].startswith("data:image/png;base64,") for img in dom.images)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_report_has_paired_delta_rows_and_balance_charts(report: Path) -> None:
+    page = _parse(report)
+    assert "Δ accuracy vs concat (pp)" in page.th  # the vec table's paired row
+    assert "Δ mae vs concat" in page.th  # the MSA table's paired column
+    alts = [img["alt"] for img in page.images]
+    assert alts.count("balance chart") == 2  # one per dataset with finished runs
+    text = report.read_text()
+    # No probe metric in these runs: the chart says it uses the read-out instead.
+    assert "read-out head (no linear-probe metric in these runs)" in text
+    assert "t-interval over seeds" in text
+
+
+def test_results_paired_statistics_against_a_chosen_baseline(
+        bench_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["results", "--db", str(bench_db), "--baseline", "late"]) == 0
+    out = capsys.readouterr().out
+    head, _, block = out.partition("paired differences to late on matched seeds")
+    assert block, out
+    lines = [line.split() for line in block.splitlines()[2:] if line.strip()]
+    assert [(r[0], r[1], r[3]) for r in lines] == [("seq", "concat", "2"), ("vec", "concat", "2")]
+    assert main(["results", "--db", str(bench_db), "--format", "markdown"]) == 0
+    assert "| Δ accuracy vs concat (pp) | ref. |" in capsys.readouterr().out
+
+
+def test_balance_chart_uses_probe_metric_when_stored() -> None:
+    import pandas as pd
+
+    from equimodal.report.balance import balance_section, weak_modality
+
+    rows = []
+    for method, fused, probe, read in (("concat", .80, .40, .30), ("up", .85, .60, .35),
+                                       ("unimodal", .70, .70, .55)):
+        for seed in (0, 1):
+            rows.append({"method": method, "seed": seed, "test/accuracy": fused + seed / 100,
+                         "test/a/accuracy": .9, "test/b/accuracy": read,
+                         "test/b/probe_accuracy": probe})
+    done = pd.DataFrame(rows)
+    assert weak_modality(done, ["a", "b"], "accuracy") == ("b", "unimodal")
+    html = balance_section(done, ["a", "b"], "accuracy")
+    assert "b: linear-probe" not in html  # labels live in the PNG; the text says which
+    assert "a linear probe on each method's own features" in html and "balance chart" in html
+    no_probe = balance_section(done.drop(columns=["test/b/probe_accuracy"]), ["a", "b"],
+                               "accuracy")
+    assert "read-out head" in no_probe

@@ -154,7 +154,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
     df = load_results(args.db, split(args.method), split(args.dataset), split(args.status))
     if args.format in ("markdown", "latex"):
-        tables = all_tables(df, args.metric)
+        tables = all_tables(df, args.metric, baseline=args.baseline)
         if args.transpose:  # only the per-modality layout has methods as columns
             tables = [transpose(t) if t.rank_along == "row" else t for t in tables]
         print(render(tables, args.format))
@@ -171,6 +171,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
         return 0
     table = runs_table(df)
     print(table.to_string(index=False) if not table.empty else "no runs")
+    if not table.empty:
+        from equimodal.bench.stats import paired_frame
+
+        diffs = paired_frame(df, args.baseline, args.metric)
+        if not diffs.empty:
+            print(f"\npaired differences to {args.baseline} on matched seeds (test split; "
+                  "rates in percentage points): mean and 95 % t-interval over seeds; "
+                  "sig * = the interval excludes 0")
+            print(diffs.to_string(index=False))
     return 0
 
 
@@ -180,7 +189,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.db).parent / "report.html"
     workers = args.workers if args.workers > 0 else auto_workers()
     path = build_report(args.db, out, tsne=not args.no_tsne, tsne_samples=args.tsne_samples,
-                        metric=args.metric, workers=workers,
+                        metric=args.metric, workers=workers, baseline=args.baseline,
                         progress=lambda label: print(f"  rendered {label}", flush=True))
     print(f"report: {path}")
     return 0
@@ -228,6 +237,8 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--metric", help="metric of the paper tables (default per task)")
     p.add_argument("--transpose", action="store_true",
                    help="methods as rows in the per-modality tables (easier with many methods)")
+    p.add_argument("--baseline", default="concat",
+                   help="reference method of the paired 'Δ vs' statistics (default concat)")
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("report", help="write a self-contained HTML report")
@@ -240,4 +251,7 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering datasets in parallel (default: usable cores, "
                         f"at most {MAX_AUTO_WORKERS})")
+    p.add_argument("--baseline", default="concat",
+                   help="reference method of the paired 'Δ vs' statistics and the balance "
+                        "chart (default concat)")
     p.set_defaults(func=_cmd_report)

@@ -10,6 +10,10 @@
 Cells are mean ± std over seeds of the test split. The best value of each comparison
 (a row of the first layout, a column of the second) is bold and the second best
 underlined, comparing the values as displayed, so ties share the mark.
+
+A "Δ vs <baseline>" row (methods as columns) or column (methods as rows) gives each
+method's paired difference to the reference method on matched seeds, its mean and 95 %
+t-interval over seeds, ``*`` where the interval excludes 0 (:mod:`equimodal.bench.stats`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from equimodal.bench.stats import DEFAULT_BASELINE, MARK, Paired, paired
 from equimodal.metrics import mean_std
 
 #: Metric shown per task kind in the per-modality layout.
@@ -93,6 +98,9 @@ class Table:
         marks: Filled by :func:`mark`: 1 best, 2 second, 0 none, per stat.
         notes: Footnotes (skipped and failed runs).
         ranked: Whether best / second best are marked.
+        delta: Method -> paired difference to the reference method (one extra row when
+            methods are columns, one extra column when they are rows).
+        delta_name: Header of that row / column.
     """
 
     title: str
@@ -104,6 +112,8 @@ class Table:
     marks: dict[tuple[int, int, int], int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ranked: bool = True
+    delta: dict[str, Paired] = field(default_factory=dict)
+    delta_name: str = ""
 
 
 def mark(table: Table) -> Table:
@@ -175,7 +185,8 @@ def _modalities(done: pd.DataFrame) -> list[str]:
 
 
 def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
-                  methods: Sequence[str] | None = None) -> Table:
+                  methods: Sequence[str] | None = None,
+                  baseline: str | None = DEFAULT_BASELINE) -> Table:
     """The paper table of one dataset label.
 
     Args:
@@ -184,6 +195,8 @@ def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
         metric: Metric of the per-modality layout (default per task); ignored for
             regression, which uses the MSA layout.
         methods: Preferred column order (others follow, sorted).
+        baseline: Reference method of the "Δ vs" row / column (``None``: none; also none
+            when the reference did not run on this label).
     """
     runs, superseded = latest_per_point(df[df["label"] == label])
     done = runs[runs["status"] == "finished"]
@@ -228,6 +241,15 @@ def dataset_table(df: pd.DataFrame, label: str, metric: str | None = None,
         title = f"{label}: {metric} (test, mean±std over {n_seeds} seeds)"
         table = Table(title, "", rows, shown, cells, rank_along="row")
     table.notes = _notes(runs)
+    if baseline is not None:
+        table.delta = paired(df, label, baseline, metric)
+        if table.delta:
+            first = next(iter(table.delta.values()))
+            unit = " (pp)" if first.scale == 100.0 else ""
+            table.delta_name = f"Δ {first.metric} vs {baseline}{unit}"
+            table.notes.append(
+                f"Δ: paired difference to {baseline} on matched seeds, mean [95 % t-interval "
+                f"over seeds]; {MARK} where the interval excludes 0")
     if superseded:
         table.notes.append(f"{superseded} older run(s) of the same method, dataset and seed "
                            "under another config were left out (`equimodal results` lists "
@@ -245,16 +267,19 @@ def transpose(table: Table) -> Table:
     along = "col" if table.rank_along == "row" else "row"
     corner = "method" if table.corner == "" else ""
     flipped = Table(table.title, corner, list(table.cols), list(table.rows), cells,
-                    rank_along=along, notes=list(table.notes), ranked=table.ranked)
+                    rank_along=along, notes=list(table.notes), ranked=table.ranked,
+                    delta=dict(table.delta), delta_name=table.delta_name)
     return mark(flipped)
 
 
 def all_tables(df: pd.DataFrame, metric: str | None = None,
-               methods: Sequence[str] | None = None) -> list[Table]:
+               methods: Sequence[str] | None = None,
+               baseline: str | None = DEFAULT_BASELINE) -> list[Table]:
     """One table per dataset label that has runs."""
     if df.empty:
         return []
-    return [dataset_table(df, label, metric, methods) for label in sorted(df["label"].unique())]
+    return [dataset_table(df, label, metric, methods, baseline)
+            for label in sorted(df["label"].unique())]
 
 
 # ----- renderers ---------------------------------------------------------------------------
@@ -263,6 +288,10 @@ def _latex_escape(text: str) -> str:
                  ("#", r"\#"), ("$", r"\$")):
         text = text.replace(a, b)
     return text
+
+
+def _latex_delta(text: str) -> str:
+    return _latex_escape(text).replace("Δ", r"$\Delta$")
 
 
 def _html_escape(text: str) -> str:
@@ -290,14 +319,34 @@ def _cell(table: Table, i: int, j: int, fmt: str) -> str:
     return " / ".join(parts)
 
 
+def _delta_layout(table: Table, fmt: str) -> tuple[list[str] | None, list[str] | None]:
+    """The Δ cells: ``(extra row, None)`` when methods are columns, ``(None, extra column)``
+    when they are rows, ``(None, None)`` without a reference."""
+    if not table.delta:
+        return None, None
+    mark = {"markdown": "\\*", "latex": r"$^{*}$"}.get(fmt, MARK)
+
+    def text(method: str) -> str:
+        p = table.delta.get(method)
+        return p.text(mark) if p is not None else "–"
+
+    if table.rank_along == "row":  # methods along the columns
+        return [text(c) for c in table.cols], None
+    return None, [text(r) for r in table.rows]
+
+
 def to_markdown(table: Table) -> str:
     """GitHub Markdown (bold best, ``<u>`` second)."""
+    row, col = _delta_layout(table, "markdown")
+    extra = [table.delta_name] if col else []
     lines = [f"**{table.title}**", "",
-             "| " + " | ".join([table.corner] + table.cols) + " |",
-             "|" + "---|" * (len(table.cols) + 1)]
+             "| " + " | ".join([table.corner] + table.cols + extra) + " |",
+             "|" + "---|" * (len(table.cols) + 1 + len(extra))]
     for i, r in enumerate(table.rows):
         cells = [_cell(table, i, j, "markdown") for j in range(len(table.cols))]
-        lines.append("| " + " | ".join([r] + cells) + " |")
+        lines.append("| " + " | ".join([r] + cells + ([col[i]] if col else [])) + " |")
+    if row:
+        lines.append("| " + " | ".join([table.delta_name] + row) + " |")
     if table.notes:
         lines += [""] + [f"- {n}" for n in table.notes]
     return "\n".join(lines)
@@ -305,8 +354,11 @@ def to_markdown(table: Table) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs ``table`` environment (``\\textbf`` best, ``\\underline`` second)."""
-    spec = "l" + "c" * len(table.cols)
-    head = " & ".join([_latex_escape(table.corner)] + [_latex_escape(c) for c in table.cols])
+    row, col = _delta_layout(table, "latex")
+    extra = [table.delta_name] if col else []
+    spec = "l" + "c" * (len(table.cols) + len(extra))
+    head = " & ".join([_latex_escape(table.corner)] + [_latex_escape(c) for c in table.cols]
+                      + [_latex_delta(c) for c in extra])
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{_latex_escape(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", head + r" \\", r"\midrule"]
@@ -314,19 +366,28 @@ def to_latex(table: Table) -> str:
         if table.rank_along == "row" and r == "fusion" and i > 0:
             lines.append(r"\midrule")
         cells = [_cell(table, i, j, "latex") for j in range(len(table.cols))]
+        cells += [col[i]] if col else []  # digits, signs, brackets and the mark only
         lines.append(" & ".join([_latex_escape(r)] + cells) + r" \\")
+    if row:
+        lines += [r"\midrule", " & ".join([_latex_delta(table.delta_name)] + row) + r" \\"]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
 
 def to_html(table: Table) -> str:
     """An HTML ``<table class="results">`` (``<b>`` best, ``<u>`` second)."""
-    head = "".join(f"<th>{_html_escape(c)}</th>" for c in [table.corner] + table.cols)
+    row, col = _delta_layout(table, "html")
+    extra = [table.delta_name] if col else []
+    head = "".join(f"<th>{_html_escape(c)}</th>" for c in [table.corner] + table.cols + extra)
     body = []
     for i, r in enumerate(table.rows):
         cells = "".join(f"<td>{_cell(table, i, j, 'html')}</td>"
                         for j in range(len(table.cols)))
+        cells += f'<td class="delta">{_html_escape(col[i])}</td>' if col else ""
         body.append(f"<tr><th>{_html_escape(r)}</th>{cells}</tr>")
+    if row:
+        cells = "".join(f'<td class="delta">{_html_escape(c)}</td>' for c in row)
+        body.append(f'<tr class="delta"><th>{_html_escape(table.delta_name)}</th>{cells}</tr>')
     notes = "".join(f"<li>{_html_escape(n)}</li>" for n in table.notes)
     return (f'<table class="results"><caption>{_html_escape(table.title)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

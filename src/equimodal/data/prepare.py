@@ -106,8 +106,10 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=run_prepare)
 
     p = sub.add_parser("avmnist", help="AV-MNIST: cache FSDD audio features and MNIST arrays")
-    p.add_argument("--fsdd", help="folder of {digit}_{speaker}_{index}.wav (default: "
-                   "<shared data>/fsdd/recordings)")
+    p.add_argument("--fsdd", help="Free Spoken Digit Dataset folder: a checkout of "
+                   "github.com/Jakobovski/free-spoken-digit-dataset, its recordings/, or a "
+                   "folder of {digit}_{speaker}_{index}.wav (default: <shared data>/fsdd); "
+                   "checked first, naming what is missing")
     p.add_argument("--seed", type=int, default=0, help="noise seed (with --audio-snr-db)")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands (default 40)")
     p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs (default 13)")
@@ -208,11 +210,20 @@ def _prepare_avmnist(args: argparse.Namespace) -> int:
     """
     from pathlib import Path
 
-    from equimodal.data.builtin.avmnist import fsdd_features, fsdd_index
+    from equimodal.data.builtin.avmnist import FSDD_HINT, check_fsdd, fsdd_features, fsdd_index
     from equimodal.data.builtin.digits import load_mnist_arrays
     from equimodal.data.dataset import DataError
 
-    index = fsdd_index(Path(args.fsdd) if args.fsdd else None)
+    folder = None
+    if args.fsdd:
+        folder, problems = check_fsdd(Path(args.fsdd))
+        if folder is None or problems:
+            for problem in problems:
+                sys.stderr.write(f"avmnist: {problem}\n")
+            sys.stderr.write(f"avmnist: {FSDD_HINT}\n")
+            return 2
+        sys.stdout.write(f"avmnist: FSDD recordings found in {folder}\n")
+    index = fsdd_index(folder)
     _, counts = fsdd_features(index, n_mels=args.n_mels, n_mfcc=args.n_mfcc,
                               max_seconds=args.max_seconds, audio_snr_db=args.audio_snr_db,
                               noise_seed=args.seed, progress=not args.no_progress)

@@ -1,6 +1,7 @@
 """A self-contained HTML report of a results database (figures embedded as base64 PNG).
 
-Per dataset label: the paper table, training curves and per-modality validation scores over
+Per dataset label: the paper table (with a paired "Δ vs concat" row), the balance chart
+(:mod:`equimodal.report.balance`), training curves and per-modality validation scores over
 epochs (from each run's ``history.jsonl``), the robustness results stored by
 ``equimodal bench --robustness`` (missing-modality subsets, frame-drop and noise curves,
 Shapley modality contributions, modality gap), and t-SNE maps of unimodal and fused
@@ -25,6 +26,7 @@ from equimodal.bench.store import load_results
 from equimodal.bench.tables import DEFAULT_METRIC, Stat, Table, dataset_table, mark, to_html
 from equimodal.metrics import mean_std
 from equimodal.report import plots
+from equimodal.report.balance import balance_section
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +234,17 @@ def _tsne_section(done: pd.DataFrame, samples: int) -> str:
 
 
 def _dataset_section(df: pd.DataFrame, label: str, metric: str | None, tsne: bool,
-                     tsne_samples: int) -> str:
+                     tsne_samples: int, baseline: str = "concat") -> str:
     runs = df[df["label"] == label]
     done = runs[runs["status"] == "finished"]
     task = next((t for t in done["task"] if t), None) if "task" in done else None
     m = _metric(task, metric)
     parts = [f'<h2 id="{_esc(label)}">{_esc(label)}</h2>',
-             f'<div class="wide">{to_html(dataset_table(df, label, metric))}</div>']
+             f'<div class="wide">{to_html(dataset_table(df, label, metric, None, baseline))}'
+             "</div>"]
+    mods_all = next((v for v in done["modalities"] if isinstance(v, list)), []) \
+        if "modalities" in done else []
+    parts.append(balance_section(done, list(mods_all), m, baseline))
     hist = {meth: [_history(p) for p in g["path"]] for meth, g in done.groupby("method")}
     loss = {k: s for k, h in hist.items() if (s := _series(h, "train/loss")) is not None}
     valid = {k: s for k, h in hist.items() if (s := _series(h, f"valid/{m}")) is not None}
@@ -296,10 +302,12 @@ def _header(df: pd.DataFrame, db: Path) -> str:
             "<u>underlined</u> second best. Model selection used validation only. "
             "Rows <i>m (unimodal)</i> are the split read-out of the fused head (the field's "
             "convention); rows <i>m (probe)</i> a linear probe fitted on the modality's "
-            "frozen train features, selected on valid, scored on test.</p>")
+            "frozen train features, selected on valid, scored on test. "
+            "Δ row/column: paired difference to the reference method on matched seeds, "
+            "mean [95 % t-interval over seeds], * where the interval excludes 0.</p>")
 
 
-def _section_job(args: tuple[pd.DataFrame, str, str | None, bool, int]) -> str:
+def _section_job(args: tuple[pd.DataFrame, str, str | None, bool, int, str]) -> str:
     import torch
 
     # One thread per report worker: several workers already share the cores.
@@ -315,6 +323,7 @@ def build_report(
     metric: str | None = None,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    baseline: str = "concat",
 ) -> Path:
     """Write the HTML report of a results database.
 
@@ -326,6 +335,7 @@ def build_report(
         metric: Table metric for classification data (default per task).
         workers: Processes rendering datasets in parallel (``1``: this process).
         progress: Called with each dataset label as it is done.
+        baseline: Reference method of the paired "Δ vs" rows and the balance chart.
 
     Returns:
         The written path.
@@ -336,7 +346,8 @@ def build_report(
     if df.empty:
         body.append("<p>No runs in this database yet.</p>")
     labels = sorted(df["label"].unique()) if not df.empty else []
-    jobs = [(df[df["label"] == label], label, metric, tsne, tsne_samples) for label in labels]
+    jobs = [(df[df["label"] == label], label, metric, tsne, tsne_samples, baseline)
+            for label in labels]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

@@ -151,3 +151,45 @@ def scatter_grid(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
                 ax.set_ylabel(r, fontsize=9)
     fig.tight_layout()
     return to_base64(fig)
+
+
+def balance_scatter(points: Mapping[str, tuple[float, float, float, float]], xlabel: str,
+                    ylabel: str, vlines: Mapping[str, float] | None = None,
+                    hlines: Mapping[str, float] | None = None,
+                    title: str = "") -> str | None:
+    """The balance chart: one point per method with seed error bars and reference lines.
+
+    Args:
+        points: Method -> ``(x mean, x std, y mean, y std)``, e.g. fusion test accuracy and
+            the weak modality's probe accuracy.
+        xlabel: X label.
+        ylabel: Y label.
+        vlines: Label -> x of a vertical reference line (e.g. concat's fusion accuracy).
+        hlines: Label -> y of a horizontal reference line (e.g. the unimodal weak score).
+        title: Title.
+    """
+    pts = {k: v for k, v in points.items() if math.isfinite(v[0]) and math.isfinite(v[2])}
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    styles = ("--", ":", "-.")
+    for i, (name, x) in enumerate((vlines or {}).items()):
+        if math.isfinite(x):
+            ax.axvline(x, color="0.35", ls=styles[i % 3], lw=1, label=name)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        if math.isfinite(y):
+            ax.axhline(y, color="tab:red", ls=styles[i % 3], lw=1, label=name)
+    for name, (xm, xs, ym, ys) in pts.items():
+        err = [0.0 if not math.isfinite(v) else v for v in (xs, ys)]
+        ax.errorbar(xm, ym, xerr=err[0], yerr=err[1], fmt="o", ms=4, capsize=2, lw=0.8,
+                    color="tab:blue" if name != "concat" else "black")
+        ax.annotate(name, (xm, ym), xytext=(3, 3), textcoords="offset points", fontsize=6)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if vlines or hlines:
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return to_base64(fig)

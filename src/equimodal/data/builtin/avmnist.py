@@ -62,6 +62,13 @@ FSDD_CREDIT = (
     "Free Spoken Digit Dataset (FSDD) by Zohar Jackson et al., Zenodo DOI "
     "10.5281/zenodo.1342401, CC BY-SA 4.0"
 )
+#: Where the recordings come from (a public Git repository; CC BY-SA 4.0).
+FSDD_SOURCE = "https://github.com/Jakobovski/free-spoken-digit-dataset"
+FSDD_HINT = (
+    f"Get the recordings with `git clone --depth 1 {FSDD_SOURCE}` (CC BY-SA 4.0) and point "
+    "at the checkout: `-s data.fsdd=PATH` (train/bench) or `equimodal prepare avmnist --fsdd "
+    "PATH`"
+)
 # Bump when the feature code changes, so old caches are not reused.
 FEATURE_VERSION = 1
 
@@ -85,12 +92,55 @@ class FsddIndex:
     index: np.ndarray
 
 
-def fsdd_folder() -> Path:
-    """The folder of FSDD WAVs (``<shared>/fsdd/recordings`` or ``<shared>/fsdd``).
+def check_fsdd(path: str | Path) -> tuple[Path | None, list[str]]:
+    """Check a user-given FSDD folder: the repository checkout, its ``recordings/``, or a
+    folder of the WAVs themselves.
+
+    Args:
+        path: The folder (``-s data.fsdd=PATH``, ``equimodal prepare avmnist --fsdd PATH``).
+
+    Returns:
+        ``(folder of the WAVs or None, problems)``: each problem names what is missing
+        (the folder, ``recordings/``, WAVs with the ``{digit}_{speaker}_{index}.wav`` name,
+        digits without a recording); an empty list means the folder is usable.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return None, [f"{root}: no such folder"]
+    cand = next((c for c in (root / "recordings", root) if c.is_dir() and any(c.glob("*.wav"))),
+                None)
+    if cand is None:
+        return None, [f"{root}: no recordings/ folder and no .wav file in it (expected "
+                      "recordings/{digit}_{speaker}_{index}.wav from " + FSDD_SOURCE + ")"]
+    names = [p.name for p in cand.glob("*.wav")]
+    good = [n for n in names if FSDD_NAME.match(n)]
+    problems = []
+    if not good:
+        problems.append(f"{cand}: {len(names)} .wav file(s) but none named "
+                        "{digit}_{speaker}_{index}.wav")
+    digits = {int(FSDD_NAME.match(n).group(1)) for n in good}  # type: ignore[union-attr]
+    missing = sorted(set(range(10)) - digits)
+    if good and missing:
+        problems.append(f"{cand}: no recording of digit(s) {missing}")
+    return cand, problems
+
+
+def fsdd_folder(path: str | Path | None = None) -> Path:
+    """The folder of FSDD WAVs.
+
+    Args:
+        path: A user-given folder (see :func:`check_fsdd`); default
+            ``<shared>/fsdd/recordings`` or ``<shared>/fsdd`` (``../shared/data`` beside the
+            project, or ``$EQUIMODAL_SHARED_DATA``).
 
     Raises:
-        DataError: naming the path looked for and how to point ``EQUIMODAL_SHARED_DATA`` at it.
+        DataError: naming the path looked for, what is missing, and how to point at it.
     """
+    if path is not None:
+        folder, problems = check_fsdd(path)
+        if folder is None or problems:
+            raise DataError("; ".join(problems) + f". {FSDD_HINT}")
+        return folder
     shared = shared_data_dir()
     root = shared / "fsdd" if shared is not None else None
     for cand in ([root / "recordings", root] if root is not None else []):
@@ -106,7 +156,7 @@ def fsdd_folder() -> Path:
     raise DataError(
         f"{where}: Free Spoken Digit Dataset not found (expected fsdd/recordings/"
         "{digit}_{speaker}_{index}.wav); set the environment variable EQUIMODAL_SHARED_DATA to "
-        "the shared data folder that contains fsdd/"
+        f"the shared data folder that contains fsdd/, or {FSDD_HINT}"
     )
 
 
@@ -333,6 +383,7 @@ def avmnist(
     n_test: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    fsdd: str | None = None,
     fsdd_dir: str | None = None,
 ) -> MultimodalData:
     """AV-MNIST: FSDD spoken digits ('audio') + MNIST images ('image') paired by label.
@@ -362,11 +413,15 @@ def avmnist(
         n_train: Cap on training samples (seeded subset). n_valid, n_test: the same.
         seed: Seed of the validation carve-out, the pairing, the caps and the noise.
         progress: Show a progress bar while computing audio features.
-        fsdd_dir: Folder of the FSDD WAVs (default ``<shared data>/fsdd/recordings``).
+        fsdd: The Free Spoken Digit Dataset folder: a checkout of its repository, its
+            ``recordings/`` folder, or a folder of the WAVs (``-s data.fsdd=PATH``; default
+            ``<shared data>/fsdd``). Checked by :func:`check_fsdd`.
+        fsdd_dir: Older name of ``fsdd`` (used when ``fsdd`` is not given).
     """
     if view not in ("vector", "sequence"):
         raise DataError(f"avmnist: view must be 'vector' or 'sequence', got {view!r}")
-    index = fsdd_index(Path(fsdd_dir) if fsdd_dir is not None else None)
+    given = fsdd if fsdd is not None else fsdd_dir
+    index = fsdd_index(fsdd_folder(given) if given is not None else None)
     mnist = load_mnist_arrays(raw=True)
     plan = avmnist_plan(index, {s: mnist[s][1] for s in SPLITS}, protocol=protocol,
                         test_speaker=test_speaker, valid_frac=valid_frac,
