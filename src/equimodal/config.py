@@ -99,8 +99,9 @@ class TrainConfig:
 
     Raises:
         ValueError: a count (``epochs``, ``batch_size``, ``step_size``, ``accum_steps``,
-            ``eval_every``) below 1, a non-positive ``lr`` or ``gamma``, or a negative
-            ``weight_decay``, ``momentum``, ``clip_norm`` or ``patience``; the message names
+            ``eval_every``) below 1, a non-positive ``gamma``, or a negative ``lr`` (``0``
+            is allowed: a frozen model), ``weight_decay``, ``momentum``, ``clip_norm`` or
+            ``patience``; the message names
             the field, e.g. ``train.epochs must be >= 1, got -1``.
     """
 
@@ -126,7 +127,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_bounds(self, "train", {
-            "epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "lr": _POSITIVE,
+            "epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "lr": _NON_NEGATIVE,
             "weight_decay": _NON_NEGATIVE, "momentum": _NON_NEGATIVE, "step_size": _AT_LEAST_1,
             "gamma": _POSITIVE, "clip_norm": _NON_NEGATIVE, "accum_steps": _AT_LEAST_1,
             "patience": _NON_NEGATIVE, "eval_every": _AT_LEAST_1})

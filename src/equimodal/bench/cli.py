@@ -85,7 +85,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from equimodal.bench.suite import expand
     from equimodal.bench.tables import all_tables, render
     from equimodal.bench.tracking import make_trackers
-    from equimodal.registry import DATASETS, METHODS
+    from equimodal.registry import DATASETS, METHODS, check_kwargs
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers} (leave it out for one "
@@ -107,6 +107,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not entry.optional:
             DATASETS.get(entry.name)  # a typo fails now, not once per run
     points = expand(suite, methods, overrides, base=base)
+    for p in points:  # unknown data.* arguments also fail now, once
+        if p.cfg.dataset in DATASETS:
+            check_kwargs(DATASETS.get(p.cfg.dataset), p.cfg.data,
+                         f"dataset {p.cfg.dataset!r} (data.*)")
     out = Path(args.out) if args.out else Path("bench") / suite.name
     store = ResultStore(Path(args.db) if args.db else out / "results.db")
     if args.dry_run:
