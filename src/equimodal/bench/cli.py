@@ -137,10 +137,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     def on_record(record: dict[str, Any]) -> None:
         done[0] += 1
-        extra = f": {record['reason'].splitlines()[0][:100]}" if record.get("reason") else ""
+        extra = f": {record['reason'].splitlines()[0][:200]}" if record.get("reason") else ""
+        reused = ", reused" if record.get("reused") else ""
         print(f"[{done[0]}/{todo}] {record['status']:<8} {record['method']} on "
-              f"{record['label']} seed {record['seed']} ({record.get('wall_seconds') or 0:.1f}s)"
-              f"{extra}", flush=True)
+              f"{record['label']} seed {record['seed']} ({record.get('wall_seconds') or 0:.1f}s"
+              f"{reused}){extra}", flush=True)
         for track in trackers:
             try:
                 track(record)
@@ -153,7 +154,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     summary = run_grid(points, out, launcher, store, suite.robustness, threads, suite.name,
                        devices, on_record, resume=not args.no_resume)
     counts = summary.counts
-    print(f"done in {summary.wall_seconds:.1f}s: {summary.already} already finished, "
+    by_other = f" ({summary.elsewhere} by another bench)" if summary.elsewhere else ""
+    print(f"done in {summary.wall_seconds:.1f}s: {summary.already} already finished{by_other}, "
           f"{counts['finished']} finished, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; results in {store.path}")
     df = load_results(store.path)

@@ -28,6 +28,7 @@ class GridSummary:
     Attributes:
         total: Grid points.
         already: Finished runs found in the store and not launched again.
+        elsewhere: Of these, runs another bench on the same folder finished meanwhile.
         counts: Status -> number of records produced by this invocation.
         wall_seconds: Elapsed time.
         records: The records of this invocation, in completion order.
@@ -35,6 +36,7 @@ class GridSummary:
 
     total: int = 0
     already: int = 0
+    elsewhere: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -172,6 +174,7 @@ def run_grid(
             time.sleep(poll_seconds)
         again, finished = pending(waiting, store, runs_dir, robustness)
         summary.already += finished
+        summary.elsewhere += finished
         specs = job_specs(again, runs_dir, robustness, threads, devices)
         for spec in specs:
             spec.extra["fresh"] = not resume
