@@ -144,8 +144,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = _run_data(result)
     split = data.split(args.split)
     keep = None
-    if args.modalities:
+    if args.modalities is not None:
         keep = [m.strip() for m in args.modalities.split(",") if m.strip()]
+        if not keep:
+            raise ValueError(f"--modalities {args.modalities!r} names no modality; give at "
+                             f"least one of {', '.join(info.modality_names)}")
         for m in keep:
             info.check_modality(m)
     metrics = evaluate(result.method, split, info, modalities=keep)
@@ -280,11 +283,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.func(args)
-    except (KeyError, ValueError, DataError, FileNotFoundError) as err:
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+    except BrokenPipeError:
+        return _closed_stdout()
+    except (KeyError, ValueError, DataError, FileNotFoundError, PermissionError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"equimodal: error: {msg}", file=sys.stderr)
         return 2
     return code
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (``equimodal list | head``): end quietly.
+
+    stdout is pointed at ``/dev/null`` so that Python's final flush cannot raise again;
+    the exit code is the shell's for SIGPIPE (128 + 13).
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests)
+        pass
+    return 141
 
 
 if __name__ == "__main__":

@@ -10,6 +10,25 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+# Bounds of numeric fields: field -> (lower bound, whether the bound itself is allowed).
+_AT_LEAST_1 = (1, True)
+_POSITIVE = (0, False)
+_NON_NEGATIVE = (0, True)
+
+
+def _check_bounds(obj: Any, section: str, bounds: dict[str, tuple[float, bool]]) -> None:
+    """Raise ``ValueError`` naming ``section.field`` when a numeric field is out of range."""
+    for name, (low, inclusive) in bounds.items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{section}.{name} must be a number, got {value!r}")
+        ok = value >= low if inclusive else value > low
+        if not ok or value != value:  # NaN fails every bound
+            op = ">=" if inclusive else ">"
+            raise ValueError(f"{section}.{name} must be {op} {low:g}, got {value!r}")
+
 
 @dataclass
 class ModelConfig:
@@ -29,6 +48,10 @@ class ModelConfig:
             ``{"audio": "resnet18"}``); keys are modality names of the data.
         encoder_kwargs: Extra constructor arguments per modality (key ``"*"``: every
             modality), e.g. ``{"visual": {"image_shape": [3, 32, 32], "width": 0.5}}``.
+
+    Raises:
+        ValueError: ``hidden``, ``layers`` or ``heads`` below 1, or ``dropout`` outside
+            ``[0, 1)`` (the message names the field, e.g. ``model.hidden``).
     """
 
     encoder: str = "auto"
@@ -41,6 +64,12 @@ class ModelConfig:
     unimodal_heads: bool = False
     encoders: dict[str, str] = field(default_factory=dict)
     encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, "model", {"hidden": _AT_LEAST_1, "layers": _AT_LEAST_1,
+                                      "heads": _AT_LEAST_1, "dropout": _NON_NEGATIVE})
+        if isinstance(self.dropout, (int, float)) and self.dropout >= 1:
+            raise ValueError(f"model.dropout must be < 1, got {self.dropout!r}")
 
 
 @dataclass
@@ -67,6 +96,13 @@ class TrainConfig:
         eval_every: Evaluate on validation every N epochs.
         progress: Show progress bars.
         deterministic: Ask torch for deterministic kernels.
+
+    Raises:
+        ValueError: a count (``epochs``, ``batch_size``, ``step_size``, ``accum_steps``,
+            ``eval_every``) below 1, a non-positive ``gamma``, or a negative ``lr`` (``0``
+            is allowed: a frozen model), ``weight_decay``, ``momentum``, ``clip_norm`` or
+            ``patience``; the message names
+            the field, e.g. ``train.epochs must be >= 1, got -1``.
     """
 
     epochs: int = 20
@@ -88,6 +124,13 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True
     deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, "train", {
+            "epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "lr": _NON_NEGATIVE,
+            "weight_decay": _NON_NEGATIVE, "momentum": _NON_NEGATIVE, "step_size": _AT_LEAST_1,
+            "gamma": _POSITIVE, "clip_norm": _NON_NEGATIVE, "accum_steps": _AT_LEAST_1,
+            "patience": _NON_NEGATIVE, "eval_every": _AT_LEAST_1})
 
 
 @dataclass

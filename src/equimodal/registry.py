@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -52,12 +53,22 @@ class Registry(Generic[T]):
         """Return the object registered as ``name`` or raise ``KeyError`` naming close matches."""
         self._load()
         if name not in self._items:
-            close = difflib.get_close_matches(name, list(self._items), n=3)
+            close = self.suggest(name)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(
                 f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
             )
         return self._items[name]
+
+    def suggest(self, name: str) -> list[str]:
+        """Registered names close to ``name``, compared case-insensitively with ``-`` read as
+        ``_`` (``OGM-GE`` suggests ``ogm_ge``)."""
+        self._load()
+        key = str(name).lower().replace("-", "_")
+        folded = {n.lower().replace("-", "_"): n for n in self._items}
+        if key in folded:
+            return [folded[key]]
+        return [folded[k] for k in difflib.get_close_matches(key, list(folded), n=3)]
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
@@ -110,9 +121,53 @@ def list_datasets() -> dict[str, str]:
     return DATASETS.describe()
 
 
+def check_kwargs(factory: Any, kwargs: dict[str, Any], what: str) -> None:
+    """Refuse keyword arguments that ``factory`` does not accept, listing the valid ones.
+
+    Raises:
+        KeyError: an unknown argument (factories taking ``**kwargs`` accept any).
+    """
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(n for n, p in params.items()
+                   if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                 inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise KeyError(f"{what}: unknown argument(s) {unknown}; valid: {valid}")
+
+
 def load_dataset(name: str, /, **kwargs: Any) -> Any:
-    """Build the registered dataset ``name``; returns a :class:`~equimodal.data.MultimodalData`."""
-    return DATASETS.get(name)(**kwargs)
+    """Build the registered dataset ``name``; returns a :class:`~equimodal.data.MultimodalData`.
+
+    Raises:
+        KeyError: an unknown dataset, or an argument its factory does not take (``data.X``).
+        ValueError: an argument of the wrong kind (the message names the ``data.`` fields
+            whose values it mentions); ``DataError`` from the loader passes through.
+    """
+    from equimodal.data.dataset import DataError
+
+    factory = DATASETS.get(name)
+    check_kwargs(factory, kwargs, f"dataset {name!r} (data.*)")
+    try:
+        return factory(**kwargs)
+    except DataError:
+        raise
+    except (TypeError, ValueError) as err:
+        if not kwargs:
+            raise
+        # e.g. float("abc") deep in a factory: name the argument(s) the message is about.
+        text = str(err)
+        named = [k for k, v in kwargs.items()
+                 if (isinstance(v, str) and repr(v) in text)
+                 or (len(str(v)) > 1 and str(v) in text)]
+        fields = ", ".join(f"data.{k}={kwargs[k]!r}" for k in (named or sorted(kwargs)))
+        raise ValueError(f"dataset {name!r}: invalid argument {fields or '(none)'}: "
+                         f"{text}") from err
 
 
 def create_method(name: str, info: Any, model_cfg: Any = None, **overrides: Any) -> Any:

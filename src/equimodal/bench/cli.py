@@ -53,7 +53,16 @@ def build_suite(args: argparse.Namespace) -> Any:
         suite.datasets = [DatasetEntry(d.strip()) for d in args.datasets.split(",") if d.strip()]
     if args.seeds is not None:
         value: Any = args.seeds
-        suite.seeds = _seeds([int(s) for s in value.split(",")] if "," in value else int(value))
+        try:
+            parsed: Any = ([int(s) for s in value.split(",") if s.strip()] if "," in value
+                           else int(value))
+        except ValueError:
+            raise ValueError(f"--seeds expects a count or comma-separated ints, got {value!r}"
+                             ) from None
+        try:
+            suite.seeds = _seeds(parsed)
+        except ValueError as err:
+            raise ValueError(f"--seeds: {err}") from None
     if args.robustness:
         suite.robustness = True
     if not suite.datasets:
@@ -76,20 +85,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from equimodal.bench.suite import expand
     from equimodal.bench.tables import all_tables, render
     from equimodal.bench.tracking import make_trackers
-    from equimodal.registry import DATASETS, METHODS
+    from equimodal.registry import DATASETS, METHODS, check_kwargs
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers} (leave it out for one "
+                         "per usable core)")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
     suite = build_suite(args)
-    if args.workers <= 0:
+    if args.workers is None:
         args.workers = auto_workers()
     overrides = _cli_overrides(args)
     if args.no_progress or args.workers > 1:
         overrides.append("train.progress=false")  # bars from parallel workers interleave
     base = _base_config(args) if args.config else None
     methods = METHODS.names()
+    for name in suite.methods:
+        if name != "all":
+            METHODS.get(name)  # unknown names fail now, with a did-you-mean
     for entry in suite.datasets:
         if not entry.optional:
             DATASETS.get(entry.name)  # a typo fails now, not once per run
     points = expand(suite, methods, overrides, base=base)
+    for p in points:  # unknown data.* arguments also fail now, once
+        if p.cfg.dataset in DATASETS:
+            check_kwargs(DATASETS.get(p.cfg.dataset), p.cfg.data,
+                         f"dataset {p.cfg.dataset!r} (data.*)")
     out = Path(args.out) if args.out else Path("bench") / suite.name
     store = ResultStore(Path(args.db) if args.db else out / "results.db")
     if args.dry_run:
@@ -116,10 +137,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     def on_record(record: dict[str, Any]) -> None:
         done[0] += 1
-        extra = f": {record['reason'].splitlines()[0][:100]}" if record.get("reason") else ""
+        extra = f": {record['reason'].splitlines()[0][:200]}" if record.get("reason") else ""
+        reused = ", reused" if record.get("reused") else ""
         print(f"[{done[0]}/{todo}] {record['status']:<8} {record['method']} on "
-              f"{record['label']} seed {record['seed']} ({record.get('wall_seconds') or 0:.1f}s)"
-              f"{extra}", flush=True)
+              f"{record['label']} seed {record['seed']} ({record.get('wall_seconds') or 0:.1f}s"
+              f"{reused}){extra}", flush=True)
         for track in trackers:
             try:
                 track(record)
@@ -130,9 +152,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"{args.backend} backend, {args.workers} worker(s) x {threads} thread(s) -> {out}",
           flush=True)
     summary = run_grid(points, out, launcher, store, suite.robustness, threads, suite.name,
-                       devices, on_record)
+                       devices, on_record, resume=not args.no_resume)
     counts = summary.counts
-    print(f"done in {summary.wall_seconds:.1f}s: {summary.already} already finished, "
+    by_other = f" ({summary.elsewhere} by another bench)" if summary.elsewhere else ""
+    print(f"done in {summary.wall_seconds:.1f}s: {summary.already} already finished{by_other}, "
           f"{counts['finished']} finished, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; results in {store.path}")
     df = load_results(store.path)
@@ -208,7 +231,7 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--seeds", help="number of seeds (default 5) or a comma-separated list")
     p.add_argument("--out", help="bench folder (default bench/<suite name>)")
     p.add_argument("--db", help="results database (default <out>/results.db)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (local) / CPUs of a local Ray instance; "
                         f"default: the usable cores, at most {MAX_AUTO_WORKERS}; 1 runs in "
                         "this process")
@@ -223,6 +246,9 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the grid and exit")
     p.add_argument("--quiet", action="store_true", help="do not print the tables at the end")
     p.add_argument("--strict", action="store_true", help="exit with 1 when a run failed")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start unfinished runs from scratch (ignore their last.pt, e.g. a "
+                        "corrupt one); finished runs are still reused")
     add_run_arguments(p)
     p.set_defaults(func=_cmd_bench)
 

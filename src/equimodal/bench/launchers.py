@@ -7,15 +7,22 @@ has a single writer whatever the backend.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any, Protocol
 
-from equimodal.bench.jobs import FAILED, JobSpec, run_job, run_job_dict
+from equimodal.bench.claims import BUSY, describe, release, try_claim
+from equimodal.bench.jobs import FAILED, JobSpec, run_job_dict
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,29 @@ def _lost(spec: JobSpec, err: BaseException) -> dict[str, Any]:
             "reason": f"worker lost: {type(err).__name__}: {err}", "traceback": ""}
 
 
+def run_claimed(spec: dict[str, Any]) -> dict[str, Any]:
+    """Claim the run folder (:mod:`equimodal.bench.claims`), run the job, release the claim.
+
+    A run claimed by another live process is not run: its record has ``status="busy"`` and
+    the holder as ``reason`` (the runner waits for it and reads that bench's result). With
+    ``spec["extra"]["fresh"]`` an unfinished run's ``last.pt`` is removed first
+    (``bench --no-resume``), under the claim so no other bench is training from it.
+    """
+    claim = try_claim(spec["run_dir"])
+    if claim is None:
+        cfg = spec["cfg"]
+        return {"run_id": spec["run_id"], "method": cfg["method"], "dataset": cfg["dataset"],
+                "label": spec["label"], "seed": int(cfg["train"]["seed"]),
+                "run_dir": spec["run_dir"], "config": cfg, "status": BUSY,
+                "reason": f"claimed by {describe(spec['run_dir'])}", "traceback": ""}
+    try:
+        if (spec.get("extra") or {}).get("fresh"):
+            (Path(spec["run_dir"]) / "last.pt").unlink(missing_ok=True)
+        return run_job_dict(spec)
+    finally:
+        release(claim)
+
+
 class InlineLauncher:
     """Run jobs one after another in this process (``--workers 1``; debugging)."""
 
@@ -55,14 +85,48 @@ class InlineLauncher:
         threads = torch.get_num_threads()
         try:
             for spec in specs:
-                on_result(run_job(spec))
+                on_result(run_claimed(dataclasses.asdict(spec)))
         finally:
             torch.set_num_threads(threads)
 
 
-def _init_worker() -> None:
+_PR_SET_PDEATHSIG = 1
+WATCHDOG_PERIOD_S = 1.0
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies (no orphaned workers after ``kill -9``).
+
+    On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere a daemon thread also checks every :data:`WATCHDOG_PERIOD_S` seconds that the
+    parent pid is unchanged (an orphan is re-parented) and exits otherwise. An orphan's
+    claim (:mod:`equimodal.bench.claims`) is stale and the next bench takes the run over.
+
+    Args:
+        parent: Pid of the process that started this one.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog covers it
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCHDOG_PERIOD_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="equimodal-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(parent: int) -> None:
     # Workers log warnings only; the orchestrator reports progress.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    die_with_parent(parent)
 
 
 class LocalLauncher:
@@ -70,6 +134,8 @@ class LocalLauncher:
 
     The ``spawn`` start method gives each worker a fresh interpreter (no forked torch
     thread pools or CUDA state); each job sets ``torch.set_num_threads(spec.threads)``.
+    Workers end with this process (:func:`die_with_parent`), and each job claims its run
+    folder first (:func:`run_claimed`).
 
     Args:
         workers: Worker processes.
@@ -86,11 +152,11 @@ class LocalLauncher:
             return
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(specs)), mp_context=ctx,
-                                   initializer=_init_worker)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
         futures: dict[Future[dict[str, Any]], JobSpec] = {}
         try:
             for spec in specs:
-                futures[pool.submit(run_job_dict, dataclasses.asdict(spec))] = spec
+                futures[pool.submit(run_claimed, dataclasses.asdict(spec))] = spec
             for fut in as_completed(futures):
                 try:
                     record = fut.result()
@@ -169,7 +235,7 @@ class RayLauncher:
         started = self._init()
         try:
             task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus,
-                              max_retries=0)(run_job_dict)
+                              max_retries=0)(run_claimed)
             pending = {task.remote(dataclasses.asdict(s)): s for s in specs}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

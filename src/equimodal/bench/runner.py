@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from equimodal.bench.claims import BUSY, held
 from equimodal.bench.jobs import FINISHED, JobSpec
 from equimodal.bench.launchers import Launcher
 from equimodal.bench.store import ResultStore
@@ -27,6 +28,7 @@ class GridSummary:
     Attributes:
         total: Grid points.
         already: Finished runs found in the store and not launched again.
+        elsewhere: Of these, runs another bench on the same folder finished meanwhile.
         counts: Status -> number of records produced by this invocation.
         wall_seconds: Elapsed time.
         records: The records of this invocation, in completion order.
@@ -34,6 +36,7 @@ class GridSummary:
 
     total: int = 0
     already: int = 0
+    elsewhere: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -105,6 +108,8 @@ def run_grid(
     suite: str = "",
     devices: Sequence[str] = (),
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = True,
+    poll_seconds: float = 1.0,
 ) -> GridSummary:
     """Run every grid point not finished yet and store its record.
 
@@ -118,6 +123,14 @@ def run_grid(
         suite: Suite name stored with each row.
         devices: Devices assigned round robin (see :func:`job_specs`).
         on_record: Called with each stored record (trackers, progress).
+        resume: Continue unfinished runs from their ``last.pt``; ``False`` starts them from
+            scratch (``bench --no-resume``, e.g. after a corrupt checkpoint).
+        poll_seconds: How often to look at runs claimed by another bench.
+
+    Runs claimed by another live bench on the same folder (:mod:`equimodal.bench.claims`)
+    are not trained twice: this bench waits until their claims are released, then counts
+    the ones the other bench finished as already finished and launches the rest again
+    (e.g. when the other bench died).
 
     Returns:
         A :class:`GridSummary`.
@@ -132,8 +145,18 @@ def run_grid(
              len(todo))
     commit = git_commit()
     specs = job_specs(todo, runs_dir, robustness, threads, devices)
+    if not resume:
+        for spec in specs:
+            spec.extra["fresh"] = True
+    busy: list[GridPoint] = []
+    by_id = {p.run_id: p for p in todo}
 
     def collect(record: dict[str, Any]) -> None:
+        if record["status"] == BUSY:  # another bench trains it: its record, not ours
+            busy.append(by_id[record["run_id"]])
+            log.info("%s %s on %s seed %s: %s", BUSY, record["method"], record["label"],
+                     record["seed"], record["reason"])
+            return
         record.update(suite=suite, git_commit=commit)
         store.upsert(record)
         summary.counts[record["status"]] += 1
@@ -147,5 +170,17 @@ def run_grid(
             on_record(record)
 
     launcher.run(specs, collect)
+    while busy:
+        waiting, busy[:] = list(busy), []
+        log.info("waiting for %d run(s) claimed by another bench", len(waiting))
+        while any(held(runs_dir / p.folder) for p in waiting):
+            time.sleep(poll_seconds)
+        again, finished = pending(waiting, store, runs_dir, robustness)
+        summary.already += finished
+        summary.elsewhere += finished
+        specs = job_specs(again, runs_dir, robustness, threads, devices)
+        for spec in specs:
+            spec.extra["fresh"] = not resume
+        launcher.run(specs, collect)
     summary.wall_seconds = time.perf_counter() - t0
     return summary

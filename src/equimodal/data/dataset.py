@@ -287,7 +287,12 @@ def build_data(
     description: str = "",
     class_names: tuple[str, ...] | None = None,
 ) -> MultimodalData:
-    """Assemble :class:`MultimodalData`, checking that splits agree on modalities and shapes."""
+    """Assemble :class:`MultimodalData`, checking that splits agree on modalities and shapes.
+
+    Raises:
+        DataError: a missing split, splits disagreeing on modalities or shapes, or a
+            classification training split with fewer than 2 distinct labels.
+    """
     for s in ("train", "valid", "test"):
         if s not in splits:
             raise DataError(f"{name}: missing split {s!r}")
@@ -304,5 +309,12 @@ def build_data(
                     f"{name} [{s}]: modality {k!r} shape {tuple(v.shape[1:])} differs from "
                     f"train {tuple(ref.inputs[k].shape[1:])}"
                 )
+    if task == "classification" and ref.target.numel():
+        present = int(torch.unique(ref.target).numel())
+        if present < 2:
+            raise DataError(
+                f"{name} [train]: classification needs at least 2 classes in the training "
+                f"split, found {present} (label {int(ref.target[0])})"
+            )
     info = task_info_from_split(ref, task, num_outputs, name, class_names)
     return MultimodalData(info, splits["train"], splits["valid"], splits["test"], description)
