@@ -145,8 +145,9 @@ def test_report_has_paired_delta_rows_and_balance_charts(report: Path) -> None:
     alts = [img["alt"] for img in page.images]
     assert alts.count("balance chart") == 2  # one per dataset with finished runs
     text = report.read_text()
-    # No probe metric in these runs: the chart says it uses the read-out instead.
-    assert "read-out head (no linear-probe metric in these runs)" in text
+    # Every run stores a linear probe now: the chart plots it, not the read-out.
+    assert "a linear probe on each method's own features" in text
+    assert "no linear-probe metric in these runs" not in text
     assert "t-interval over seeds" in text
 
 
