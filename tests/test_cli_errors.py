@@ -151,3 +151,14 @@ def test_bench_records_a_corrupt_checkpoint_on_one_line_and_no_resume_recovers(
     assert main([*bench, "--no-resume"]) == 0
     row = ResultStore(tmp_path / "results.db").rows()[0]
     assert row["status"] == "finished" and (run / "metrics.json").exists()
+
+
+def test_bench_progress_line_keeps_the_hint_at_the_end_of_a_long_reason() -> None:
+    from equimodal.bench.cli import _shorten
+
+    reason = "CheckpointError: run/last.pt: not a readable checkpoint " + "x" * 400 + \
+        "; pass --no-resume to start the run over"
+    short = _shorten(reason)
+    assert len(short) <= 240 and short.startswith("CheckpointError: run/last.pt")
+    assert short.endswith("pass --no-resume to start the run over")
+    assert _shorten("short reason") == "short reason"

@@ -78,6 +78,14 @@ def _base_config(args: argparse.Namespace) -> Any:
     return build_run_config(ns)
 
 
+def _shorten(line: str, width: int = 240) -> str:
+    """Cut a long reason in the middle: its end carries the hint (e.g. ``--no-resume``)."""
+    if len(line) <= width:
+        return line
+    keep = (width - 5) // 2
+    return f"{line[:keep]} ... {line[-keep:]}"
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from equimodal.bench.launchers import default_threads, make_launcher
     from equimodal.bench.runner import run_grid
@@ -137,7 +145,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     def on_record(record: dict[str, Any]) -> None:
         done[0] += 1
-        extra = f": {record['reason'].splitlines()[0][:200]}" if record.get("reason") else ""
+        extra = f": {_shorten(record['reason'].splitlines()[0])}" if record.get("reason") else ""
         reused = ", reused" if record.get("reused") else ""
         print(f"[{done[0]}/{todo}] {record['status']:<8} {record['method']} on "
               f"{record['label']} seed {record['seed']} ({record.get('wall_seconds') or 0:.1f}s"
