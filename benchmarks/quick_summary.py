@@ -5,10 +5,10 @@ Usage:
 
 For each classification dataset label: fusion accuracy, its paired difference to concat
 (``Δ``: mean over matched seeds [95 % t-interval over seeds], ``*`` where the interval
-excludes 0; :mod:`equimodal.bench.stats`) and the accuracy of the weakest modality (lowest
-mean unimodal accuracy of ``concat``), mean ± std over seeds; for each regression label:
-MAE, its Δ to concat and Corr. Only the newest run of each (method, label, seed) counts, as
-in ``equimodal results``. This is the table in README's "Results" section.
+excludes 0; :mod:`equimodal.bench.stats`) and the weakest modality's (lowest mean unimodal
+accuracy of ``concat``) split read-out and linear probe, mean ± std over seeds; for each
+regression label: MAE, its Δ to concat and Corr. Only the newest run of each (method, label,
+seed) counts, as in ``equimodal results``. This is the table in README's "Results" section.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def summary(db: str) -> str:
         weak = min(mods, key=lambda m: ref[f"test/{m}/accuracy"].mean())
         columns += [(f"{label} fusion", "test/accuracy", 100.0, 1),
                     (f"{label} Δ vs concat", "delta", 100.0, 1),
-                    (f"{label} {weak} (weak)", f"test/{weak}/accuracy", 100.0, 1)]
+                    (f"{label} {weak} read-out", f"test/{weak}/accuracy", 100.0, 1),
+                    (f"{label} {weak} probe", f"test/{weak}/probe_accuracy", 100.0, 1)]
     lines = ["| method | " + " | ".join(c[0] for c in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for method in sorted(df["method"].unique()):
