@@ -11,15 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import seed_everything
 from equimodal.registry import create_method, load_dataset
 from test_infobridge import _batch, _ctx
-
-MODEL = ModelConfig(hidden=16, layers=1)
-SMALL: dict[str, Any] = {"n_classes": 3, "dim": 8, "latent": 4, "noise": 0.5,
-                         "strengths": [1.5, 1.0], "n_train": 96, "n_valid": 32, "n_test": 32}
+from test_infobridge_wiring import MODEL, SMALL  # the same small task as the wiring tests
 
 
 @pytest.fixture(scope="module")
