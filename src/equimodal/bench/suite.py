@@ -21,6 +21,7 @@ A suite file looks like::
     kwargs = { strengths = [1.0, 0.35] }
     train = { batch_size = 32 }     # per-dataset overrides (train, model, method)
     methods = ["udi"]               # optional: only these of the suite's methods
+    exclude = ["dmd"]               # optional: drop these of the suite's methods here
     seeds = [0, 1, 2]               # optional: this entry's seeds
 
     [per_method.ebmc.train]         # per-method overrides (train, model, method, data)
@@ -61,6 +62,8 @@ class DatasetEntry:
         methods: Restrict this entry to these of the suite's methods (``None``: all); lets
             one suite hold method variants (e.g. ablations) as extra labelled entries.
         seeds: This entry's seeds (``None``: the suite's).
+        exclude: Methods of the suite not run on this entry (e.g. costly sequence
+            baselines kept to the dataset they were designed for).
     """
 
     name: str
@@ -70,6 +73,7 @@ class DatasetEntry:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     methods: list[str] | None = None
     seeds: list[int] | None = None
+    exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -170,14 +174,15 @@ def _dataset(entry: Any) -> DatasetEntry:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"dataset entry {entry!r} needs a 'name'")
     unknown = set(entry) - {"name", "label", "kwargs", "optional", "methods", "seeds",
-                            *_SECTIONS}
+                            "exclude", *_SECTIONS}
     if unknown:
         raise ValueError(f"dataset entry {entry['name']!r}: unknown keys {sorted(unknown)}")
     over = {s: dict(entry[s]) for s in ("train", "model", "method") if s in entry}
     methods = _names(entry["methods"], "methods") if "methods" in entry else None
     seeds = _seeds(entry["seeds"]) if "seeds" in entry else None
+    exclude = _names(entry.get("exclude", []), "exclude")
     return DatasetEntry(entry["name"], entry.get("label", ""), dict(entry.get("kwargs", {})),
-                        bool(entry.get("optional", False)), over, methods, seeds)
+                        bool(entry.get("optional", False)), over, methods, seeds, exclude)
 
 
 def suite_from_dict(d: dict[str, Any], default_name: str = "custom") -> Suite:
@@ -268,11 +273,13 @@ def expand(suite: Suite, registered: list[str], cli_overrides: list[str] | None 
     seen: set[str] = set()
     for entry in suite.datasets:
         # An entry's methods narrow the suite's (``--methods`` may narrow both).
-        stray = sorted(set(entry.methods or []) - set(registered))
+        stray = sorted((set(entry.methods or []) | set(entry.exclude)) - set(registered))
         if stray:
             raise KeyError(f"dataset entry {entry.label!r}: unknown method(s) {stray}")
         for method in methods:
             if entry.methods is not None and method not in entry.methods:
+                continue
+            if method in entry.exclude:
                 continue
             for seed in entry.seeds if entry.seeds is not None else suite.seeds:
                 cfg = copy.deepcopy(base) if base is not None else RunConfig()
