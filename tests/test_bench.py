@@ -99,6 +99,19 @@ def test_bad_suites_are_rejected(bad: dict[str, Any], message: str) -> None:
         suite_from_dict(bad)
 
 
+def test_dataset_entry_exclude_drops_methods_from_that_entry_only() -> None:
+    suite = suite_from_dict({
+        "methods": "all", "seeds": [0],
+        "datasets": [{"name": "synthetic", "label": "a", "exclude": ["late"]},
+                     {"name": "synthetic", "label": "b", "kwargs": {"n_train": 40}}],
+    })
+    pts = [(p.label, p.cfg.method) for p in expand(suite, ["concat", "late"])]
+    assert pts == [("a", "concat"), ("b", "concat"), ("b", "late")]
+    with pytest.raises(KeyError, match="nope"):
+        expand(suite_from_dict({"datasets": [{"name": "synthetic", "exclude": "nope"}]}),
+               ["concat"])
+
+
 def test_unknown_method_and_suite_fail_fast() -> None:
     with pytest.raises(KeyError, match="nope"):
         expand(tiny_suite(["nope"]), ["concat"])
