@@ -65,6 +65,10 @@ def test_quick_suite_covers_every_method_and_builtin_data() -> None:
     points = expand(suite, ["concat", "late"])
     assert len(points) == 2 * len(suite.datasets) * 3
     assert len({p.run_id for p in points}) == len(points)
+    # DMD runs on the MSA-style entry only (the costly sequence baselines are excluded from
+    # the classification sets to keep the suite inside its 10-minute budget).
+    dmd = {p.label for p in expand(suite, ["concat", "dmd"]) if p.cfg.method == "dmd"}
+    assert dmd == {"synthetic-msa"}
 
 
 def test_override_priority_suite_dataset_method_cli() -> None:
@@ -107,9 +111,6 @@ def test_dataset_entry_exclude_drops_methods_from_that_entry_only() -> None:
     })
     pts = [(p.label, p.cfg.method) for p in expand(suite, ["concat", "late"])]
     assert pts == [("a", "concat"), ("b", "concat"), ("b", "late")]
-    with pytest.raises(KeyError, match="nope"):
-        expand(suite_from_dict({"datasets": [{"name": "synthetic", "exclude": "nope"}]}),
-               ["concat"])
 
 
 def test_unknown_method_and_suite_fail_fast() -> None:
