@@ -149,7 +149,7 @@ def load_dataset(name: str, /, **kwargs: Any) -> Any:
         ValueError: an argument of the wrong kind (the message names the ``data.`` fields
             whose values it mentions); ``DataError`` from the loader passes through.
     """
-    from equimodal.data.dataset import DataError
+    from equimodal.types import DataError
 
     factory = DATASETS.get(name)
     check_kwargs(factory, kwargs, f"dataset {name!r} (data.*)")
