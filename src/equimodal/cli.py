@@ -22,6 +22,7 @@ _PLUGINS = {
     "equimodal.eval.cli": "add_eval_parsers",
 }
 
+
 def methods_markdown() -> str:
     """The README method table: name, summary, paper, family, modalities, tasks."""
     from equimodal.methods.base import method_card
