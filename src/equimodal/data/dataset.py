@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equimodal.types import Batch, ModalitySpec, TaskInfo, TaskKind
+from equimodal.types import Batch, DataError, ModalitySpec, TaskInfo, TaskKind
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the source, split and field."""
+# DataError is defined in equimodal.types (the bottom layer) and imported from here.
 
 
 @runtime_checkable

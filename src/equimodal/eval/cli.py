@@ -50,7 +50,7 @@ def format_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
 
 
 def _headline(kind: str) -> list[str]:
-    from equimodal.cli import HEADLINE
+    from equimodal.runargs import HEADLINE
 
     return HEADLINE.get(kind, ["accuracy"])
 

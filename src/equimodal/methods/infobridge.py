@@ -113,7 +113,7 @@ class InfoBridgeConfig(MethodConfig):
             near-constant logit offset ("mor 13 %" in README while a linear probe on the
             same frozen features read 66 %). On unit vectors the critic's score cannot be
             raised by a radial change, so the NCE gradient on ``z`` is orthogonal to ``z``
-            (``tests/test_infobridge_health.py``). Measured (``benchmarks/health_b.py``,
+            (``tests/test_infobridge_health.py``). Measured (``benchmarks/health_feature_probe.py``,
             shared recipe, 30 epochs, seeds 0-2, literal -> normalised, concat): mfeat
             mor,pix fusion 97.42 -> 98.08 (98.00), mor norm 23.4 -> 10.2 (7.0), mor linear
             probe 69.1 -> 72.3 (71.9); synthetic 1.0/0.35 fusion 98.50 -> 98.67 (98.67),
