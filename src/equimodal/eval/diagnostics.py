@@ -96,7 +96,7 @@ def _constant_score(split: MultimodalSplit, info: TaskInfo, metric: str) -> floa
 
 
 def modality_contributions(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     metric: str | None = None,
@@ -135,7 +135,7 @@ def modality_contributions(
 
 @torch.no_grad()
 def collect_embeddings(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     limit: int | None = None,
     batch_size: int = 256,

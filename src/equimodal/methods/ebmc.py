@@ -233,6 +233,7 @@ class EBMC(EBMCObjective):
     capabilities = Capabilities(tasks=("classification", "regression"), min_modalities=2)
     paper = "He et al., Enhance-then-Balance Modality Collaboration for Robust MSA, 2025"
     family = "objective"
+    teacher_temp: Tensor
 
     @classmethod
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
