@@ -218,7 +218,7 @@ def dirichlet_diagnostics(method: Method, split: MultimodalSplit) -> dict[str, f
 
 
 def protocol_report(
-    method: Any,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     protocols: Sequence[str] = PROTOCOLS,
