@@ -142,6 +142,10 @@ def test_stage_payload_drives_the_methods(tiny_data: MultimodalData) -> None:
     relabelled = Stage("f", 1, groups=follower.groups, select_best=False, key="follower",
                        index=1)
     assert udi._plan(relabelled) == udi._plan(follower)
+    # No "prepared" flag any more; weights saved with it still load.
+    state = udi.state_dict()
+    assert "prepared" not in state
+    udi.load_state_dict({**state, "prepared": torch.tensor(1)})
 
 
 # ----- engine services and on_stage_start(resumed) --------------------------------------------

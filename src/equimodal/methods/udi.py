@@ -381,6 +381,13 @@ class UDI(Method):
         if name in (FOLLOWER_KEY, JOINT) and self.cfg.dynamic_controller:
             self._run_controller(ctx)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        # Weights saved before the engine called on_stage_start(resumed=...) carry the old
+        # "prepared" flag buffer; it is no longer state.
+        state_dict.pop(prefix + "prepared", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _snapshot(self, name: str) -> Tensor:
         buf: Tensor = getattr(self, f"snapshot_{self.names.index(name)}")
         return buf
