@@ -57,13 +57,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from equimodal.engine import fit
-    from equimodal.registry import DATASETS, METHODS
+    from equimodal.eval.diagnostics import method_diagnostics
+    from equimodal.registry import DATASETS, METHODS, load_dataset
 
     cfg = build_run_config(args)
     METHODS.get(cfg.method)  # fail fast with a helpful message
     DATASETS.get(cfg.dataset)
     run_dir = Path(args.out) / f"{cfg.method}-{cfg.dataset}-{cfg.digest()}"
-    result = fit(cfg, run_dir, resume=not args.no_resume)
+    data = load_dataset(cfg.dataset, **cfg.data)
+    result = fit(cfg, run_dir, data=data, resume=not args.no_resume)
     info_kind = result.method.info.kind
     mods = result.method.info.modality_names
     print(f"run: {run_dir}")
@@ -72,13 +74,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(format_metrics(result.valid, info_kind, mods))
     print("test:")
     print(format_metrics(result.test, info_kind, mods))
-    # Method diagnostics logged per epoch (e.g. SCOPE's Dirichlet energy over its semantic
-    # graph, EBMC's modality contributions): the last epoch's values, one line each.
-    last = result.history[-1] if result.history else {}
-    diag = {k.split("/", 1)[1]: v for k, v in last.items()
-            if k.startswith("train/") and ("dirichlet" in k or "contribution" in k)}
+    # The method's diagnostics hook (e.g. SCOPE's Dirichlet energy over its semantic graph,
+    # EBMC's modality contributions) on the validation split, one line each.
+    device = next(iter(result.method.state_dict().values())).device
+    diag = method_diagnostics(result.method, data.valid.to(device))
     if diag:
-        print("diagnostics (last epoch):")
+        print("diagnostics (validation split):")
         for key, value in sorted(diag.items()):
             print(f"  {key:<28}{value:.4f}")
     return 0

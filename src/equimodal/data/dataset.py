@@ -78,6 +78,17 @@ class MultimodalSplit:
             index=index,
         )
 
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows in order (no shuffling; the last may be smaller).
+
+        The one in-order iterator: :meth:`StepContext.iter_train
+        <equimodal.engine.context.StepContext.iter_train>` and methods that need full passes
+        (probes, Lipschitz or contribution estimates) use it.
+        """
+        idx = torch.arange(len(self), device=self.target.device)
+        for start in range(0, len(self), batch_size):
+            yield self.batch(idx[start : start + batch_size])
+
     def full_batch(self) -> Batch:
         """The whole split as one batch."""
         idx = torch.arange(len(self), device=self.target.device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -11,10 +11,13 @@ from torch import Tensor
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.types import TaskInfo
 
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method
+
 
 @torch.no_grad()
 def predict_split(
-    method: Any,
+    method: Method,
     split: MultimodalSplit,
     batch_size: int = 256,
     modalities: Iterable[str] | None = None,
@@ -52,7 +55,7 @@ def predict_split(
 
 
 def evaluate(
-    method: Any,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     batch_size: int = 256,
@@ -73,7 +76,7 @@ def evaluate(
         return metrics
     # A method that reads only some modalities (``unimodal``) names them: a score for a
     # modality it never sees would be a meaningless number next to real ones.
-    for name in getattr(method, "modalities_in_use", None) or info.modality_names:
+    for name in method.modalities_in_use:
         if name in uni:
             scores = compute_task_metrics(info.kind, uni[name], target)
         else:
@@ -86,7 +89,7 @@ def evaluate(
 
 @torch.no_grad()
 def split_features(
-    method: Any, split: MultimodalSplit, batch_size: int = 256
+    method: Method, split: MultimodalSplit, batch_size: int = 256
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Frozen per-modality features of a split from :meth:`Method.modality_features`.
 
@@ -100,10 +103,9 @@ def split_features(
     feats: dict[str, list[Tensor]] = {}
     targets: dict[str, list[Tensor]] = {}
     idx = torch.arange(len(split), device=device)
-    hook = getattr(method, "modality_features", None)
     for start in range(0, len(split), batch_size):
         batch = split.batch(idx[start : start + batch_size])
-        got = hook(batch) if hook is not None else method.predict(batch).features
+        got = method.modality_features(batch)
         for name, f in got.items():
             if f.dim() != 2 or f.shape[0] != batch.size:
                 continue
@@ -117,7 +119,7 @@ def split_features(
 
 
 def probe_metrics(
-    method: Any, data: Any, info: TaskInfo, batch_size: int = 256, seed: int = 0
+    method: Method, data: Any, info: TaskInfo, batch_size: int = 256, seed: int = 0
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Linear-probe metrics per modality for valid and test (see :mod:`equimodal.metrics.probe`).
 
@@ -134,7 +136,7 @@ def probe_metrics(
     te = split_features(method, data.test, batch_size)
     valid: dict[str, float] = {}
     test: dict[str, float] = {}
-    for name in getattr(method, "modalities_in_use", None) or info.modality_names:
+    for name in method.modalities_in_use:
         if name not in tr or name not in va or name not in te:
             continue
         res = linear_probe(info.kind, tr[name], va[name], te[name], info.num_outputs, seed=seed)

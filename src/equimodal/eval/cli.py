@@ -108,7 +108,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"  {pair:<16} {v:.4f}")
     else:
         print("modality gap: no pair of modalities with features of equal size")
-    for k, v in diag.get("dirichlet", {}).items():
+    for k, v in {**diag.get("dirichlet", {}), **diag.get("method", {})}.items():
         print(f"{k}: {v:.4f}")
     return 0
 

@@ -55,8 +55,8 @@ from equimodal.losses.cmi import (
     quantize_similarity,
     sample_negative_indices,
 )
+from equimodal.methods._shared import PairwiseContrastive, check_choices, cosine
 from equimodal.methods.base import Capabilities, MethodConfig, Stage
-from equimodal.methods.infonce import PairwiseContrastive, cosine
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -148,11 +148,8 @@ class InfoBridgeConfig(MethodConfig):
 
 def validate_config(cfg: InfoBridgeConfig) -> None:
     """Raise ``ValueError`` naming the offending field."""
-    for name, allowed in (("context", CONTEXTS), ("negatives", NEGATIVES),
-                          ("inference_context", INFERENCE_CONTEXTS)):
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"infobridge: {name} must be one of {allowed}, "
-                             f"got {getattr(cfg, name)!r}")
+    check_choices("infobridge", cfg, {"context": CONTEXTS, "negatives": NEGATIVES,
+                                      "inference_context": INFERENCE_CONTEXTS})
     for name in ("n_negatives", "n_clusters", "similarity_levels", "critic_width",
                  "critic_hidden", "critic_steps", "kmeans_iters", "kmeans_refit_every"):
         if getattr(cfg, name) < 1:
@@ -448,13 +445,13 @@ class InfoBridge(PairwiseContrastive):
             # the encoders or the classifier from this step. (No pair with both modalities
             # present in this batch: nothing to learn, the step is a no-op.)
             if critic_obj.requires_grad:
-                ctx.backward(-critic_obj, inputs=ctx.group_params["critic"])
+                ctx.backward(-critic_obj, inputs=ctx.params("critic"))
             ctx.step("critic")
         with ctx.autocast():
             nce, mi = self.nce_objective(plans, out.features, detach=False)
             loss = task - self.cfg.alpha * nce + probe
         # ``inputs`` keeps Eq. 10's gradient out of the critic (it maximises L_NCE alone).
-        ctx.backward(loss, inputs=ctx.group_params["main"])
+        ctx.backward(loss, inputs=ctx.params("main"))
         ctx.step("main")
         self._enqueue(batch, out.features)
         fallback = torch.cat([p.fallback for p in plans]).float()
