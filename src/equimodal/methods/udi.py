@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from equimodal.config import ModelConfig, TrainConfig
 from equimodal.engine.context import StepContext
-from equimodal.engine.evaluate import predict_split
 from equimodal.losses.consistency import js_divergence
 from equimodal.methods.base import Capabilities, Method, Stage
+from equimodal.methods.inference import predict_split
 from equimodal.methods.udi_modules import (
     GaussianEstimator,
     UDIConfig,
