@@ -38,6 +38,7 @@ from equimodal.losses.ot import (
 from equimodal.losses.supcon import regression_bins, supcon_loss
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.methods.decalign_modules import DecAlignNet
+from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -92,6 +93,13 @@ class DecAlignConfig(MethodConfig):
         proj_kernel: Kernel of the temporal Conv1d projection (Sec. 3.1; odd, "same" padding).
         input_projection: ``always`` (paper: every modality is convolved to width d) or
             ``when_needed`` (reference: identity when the input width already equals d).
+        vector_encoder: Give each vector (non-sequence) modality the toolkit's encoder
+            (``model.encoder``; an MLP of ``model.layers`` layers to ``model.hidden`` under
+            ``auto``) before the temporal projection. Sec. 3.1 applies the 1D convolution
+            "on unimodal features extracted from modality-unique encoders"; the MSA
+            sequences are such features already (the reference feeds BERT / COVAREP /
+            Facet features), so sequences go to the projection as they are.
+            ``False`` (before): raw vectors are projected directly.
         d_model: Common width d (``None``: ``ModelConfig.hidden``).
         cross_layers: Blocks per cross-modal transformer (``None``: ``ModelConfig.layers``;
             reference 4-5).
@@ -137,6 +145,7 @@ class DecAlignConfig(MethodConfig):
     homo_projector: bool = True
     proj_kernel: int = 3
     input_projection: str = "always"
+    vector_encoder: bool = False
     d_model: int | None = None
     cross_layers: int | None = None
     cross_heads: int | None = None
@@ -232,6 +241,9 @@ class DecAlign(Method):
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
         """The DecAlign network (:class:`DecAlignNet`) at width ``d_model``."""
+        vectors = [n for n, spec in info.modalities.items() if not spec.is_sequence]
+        encoders = (build_encoders(info, model_cfg, vectors)
+                    if cfg.vector_encoder and vectors else None)
         return DecAlignNet(
             info,
             dim=cfg.d_model or model_cfg.hidden,
@@ -245,6 +257,8 @@ class DecAlign(Method):
             homo_projector=cfg.homo_projector,
             unimodal_heads=cfg.unimodal_heads,
             unimodal_detach=cfg.unimodal_detach,
+            encoders=encoders,
+            encoder_dim=model_cfg.hidden,
         )
 
     def __init__(self, model: nn.Module, info: TaskInfo, cfg: Any) -> None:

@@ -213,7 +213,7 @@ _CHOICES = {
     "kl_direction": ("student_teacher", "teacher_student"),
     "regression_loss": ("l1", "mse"),
     "imtd_inference": ("off", "reweight"),
-    "teacher_calibration": ("temperature", "none"),
+    "teacher_calibration": ("temperature", "trust", "none"),
 }
 
 
@@ -315,7 +315,7 @@ class EBMC(Method):
             self.teacher.copy_from(self.net)
             log.info("ebmc: stage-I model frozen as the teacher")
             self.teacher_temp.fill_(1.0)
-            if self.cfg.teacher_calibration == "temperature" and \
+            if self.cfg.teacher_calibration != "none" and \
                     self.info.kind == "classification":
                 split = ctx.valid_split if ctx.valid_split is not None else ctx.train_split
                 self.calibrate_teachers(split)
@@ -477,6 +477,8 @@ class EBMC(Method):
         cfg, names = self.cfg, self.info.modality_names
         present = torch.stack([batch.present[n] for n in names], 1)
         t = torch.stack([teacher[n] for n in names], 1)  # [B, M, K]
+        if cfg.teacher_calibration == "trust" and self.info.kind == "classification":
+            t = t * self.teacher_temp.to(t.dtype)[None, :, None]  # KL targets: raw T_m
         if self.info.kind == "regression":
             div = (out.logits.reshape(-1, 1) - t[..., 0]).pow(2) / (2.0 * cfg.tau)
         else:
