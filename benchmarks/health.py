@@ -27,6 +27,8 @@ Recipes:
 Ablations: ``--set method.KEY=VALUE`` (repeatable) applies to the specification methods
 only (concat keeps its defaults, so its runs are shared with the plain panel in the same
 ``--out``); ``benchmarks/health_ablations.sh`` uses it to find the component behind each miss.
+A ``train.*`` override there (e.g. ``train.patience=0``) changes the method's recipe but not
+concat's: a diagnostic, not a panel result.
 
 Data (sizes chosen so the full panel fits ~25 min on 2 cores; see README):
     * ``synthetic``: strengths 1.0 / 0.35, 600 / 200 / 400 samples.
@@ -216,7 +218,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--markdown", help="also write the tables to this file")
     ap.add_argument("--report-only", action="store_true", help="print stored results only")
     ap.add_argument("--set", "-s", action="append", default=[], metavar="method.KEY=VALUE",
-                    help="override for the specification methods, not concat (ablations)")
+                    help="override for the specification methods, not concat (ablations); "
+                         "train.* changes the method's recipe only (a diagnostic)")
     args = ap.parse_args(argv)
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     args.methods, args.datasets = split(args.methods), split(args.datasets)
@@ -225,8 +228,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     bad += [d for d in args.datasets if d not in DATASETS]
     if bad:
         ap.error(f"unknown method / dataset: {bad}")
-    if any(not s.startswith("method.") for s in args.set):
-        ap.error(f"--set takes method.* overrides only (the recipe is fixed): {args.set}")
+    if any(not s.startswith(("method.", "train.")) for s in args.set):
+        ap.error(f"--set takes method.* (or, as a diagnostic, train.*) overrides: {args.set}")
     return args
 
 

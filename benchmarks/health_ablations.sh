@@ -17,7 +17,8 @@ WORKERS=${WORKERS:-1}
 SEEDS=${SEEDS:-0,1,2}
 ONLY=${ONLY:-.}
 
-# name | method | datasets | recipes | method overrides (space separated)
+# name | method | datasets | recipes | method overrides (space separated); a name ending in
+# "*" also changes a train.* setting of the method (not concat's): a diagnostic only.
 export ABLATIONS='
 ebmc/default            | ebmc       | synthetic,avmnist | paper  |
 ebmc/calibration=none   | ebmc       | synthetic,avmnist | paper  | method.teacher_calibration=none
@@ -39,6 +40,8 @@ scope/fusion=mlp        | scope      | synthetic         | shared | method.fusio
 udi/default             | udi        | avmnist           | shared |
 udi/no-controller       | udi        | avmnist           | shared | method.dynamic_controller=false
 udi/select=follower     | udi        | avmnist           | shared | method.follower_selection=follower
+udi/no-early-stop*      | udi        | avmnist           | shared | train.patience=0
+udi/no-ctrl+no-stop*    | udi        | avmnist           | shared | method.dynamic_controller=false train.patience=0
 infobridge/default      | infobridge | avmnist           | shared |
 infobridge/no-cmi       | infobridge | avmnist           | shared | method.use_cmi=false
 infobridge/alpha=0      | infobridge | avmnist           | shared | method.alpha=0.0
