@@ -37,6 +37,7 @@ scope/no-mid            | scope      | synthetic         | shared | method.use_m
 scope/no-align          | scope      | synthetic         | shared | method.use_align=false
 scope/fixed-weights     | scope      | synthetic         | shared | method.loss_weighting=fixed
 scope/fusion=mlp        | scope      | synthetic         | shared | method.fusion=mlp
+scope/no-early-stop*    | scope      | synthetic         | shared | train.patience=0
 udi/default             | udi        | avmnist           | shared |
 udi/no-controller       | udi        | avmnist           | shared | method.dynamic_controller=false
 udi/select=follower     | udi        | avmnist           | shared | method.follower_selection=follower
