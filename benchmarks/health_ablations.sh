@@ -18,12 +18,15 @@ SEEDS=${SEEDS:-0,1,2}
 ONLY=${ONLY:-.}
 
 # name | method | datasets | recipes | method overrides (space separated); a name ending in
-# "*" also changes a train.* setting of the method (not concat's): a diagnostic only.
+# "*" also changes a train.* setting of the method (not concat's): a diagnostic only. A token
+# starting with "--" is a health.py option (e.g. --paper-epochs=60: concat reruns with it).
 export ABLATIONS='
 ebmc/default            | ebmc       | synthetic,avmnist | paper  |
 ebmc/calibration=none   | ebmc       | synthetic,avmnist | paper  | method.teacher_calibration=none
 ebmc/calibration=trust  | ebmc       | synthetic,avmnist | paper  | method.teacher_calibration=trust
 ebmc/no-imtd            | ebmc       | synthetic,avmnist | paper  | method.use_imtd=false
+ebmc/60-epochs          | ebmc       | synthetic,avmnist | paper  | --paper-epochs=60
+ebmc/60-epochs+cal=none | ebmc       | synthetic,avmnist | paper  | --paper-epochs=60 method.teacher_calibration=none
 decalign/default        | decalign   | avmnist,mfeat     | shared |
 decalign/no-mfd         | decalign   | avmnist           | shared | method.use_mfd=false
 decalign/no-hete        | decalign   | avmnist           | shared | method.use_hete=false
@@ -54,7 +57,9 @@ while IFS='|' read -r name method data recipes sets; do
   name=$(trim "$name")
   [[ -z $name || ! $name =~ $ONLY ]] && continue
   args=()
-  for s in $sets; do args+=(--set "$s"); done
+  for s in $sets; do
+    if [[ $s == --* ]]; then args+=("$s"); else args+=(--set "$s"); fi
+  done
   echo "== $name" >&2
   python benchmarks/health.py --methods "$(trim "$method")" --datasets "$(trim "$data")" \
     --recipes "$(trim "$recipes")" --seeds "$SEEDS" --workers "$WORKERS" --out "$OUT" \
@@ -94,7 +99,7 @@ for line in os.environ["ABLATIONS"].strip().splitlines():
     argv = ["--methods", method, "--datasets", data, "--recipes", recipes, "--seeds", seeds,
             "--out", out]
     for s in sets.split():
-        argv += ["--set", s]
+        argv += [s] if s.startswith("--") else ["--set", s]
     points = health.grid(health.parse(argv))
     if df is None:
         continue
