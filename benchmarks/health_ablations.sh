@@ -103,6 +103,7 @@ for line in os.environ["ABLATIONS"].strip().splitlines():
     points = health.grid(health.parse(argv))
     if df is None:
         continue
+    opts = " ".join(s for s in sets.split() if s.startswith("--"))
     for label in dict.fromkeys(p.label for p in points):
         ids = {p.run_id for p in points if p.label == label}
         runs = df[df["run_id"].isin(ids) & (df["status"] == "finished")]
@@ -113,12 +114,13 @@ for line in os.environ["ABLATIONS"].strip().splitlines():
         weak = min(mods, key=lambda m: base[f"test/{m}/probe_accuracy"].mean())
         bf, bf_txt = cell(base, "test/accuracy")
         bp, bp_txt = cell(base, f"test/{weak}/probe_accuracy")
-        rows = groups.setdefault(label, [f"| concat | {label} ({weak}) | {len(base)} | "
-                                        f"{bf_txt} | – | {bp_txt} | – | reference |"])
+        key = f"{label} {opts}".strip()
+        rows = groups.setdefault(key, [f"| concat | {key} ({weak}) | {len(base)} | "
+                                      f"{bf_txt} | – | {bp_txt} | – | reference |"])
         f, f_txt = cell(mine, "test/accuracy")
         p, p_txt = cell(mine, f"test/{weak}/probe_accuracy")
         ok = f - bf >= -health.FUSION_TOL and (math.isnan(p) or p - bp >= -health.PROBE_TOL)
-        rows.append(f"| {name} | {label} | {len(mine)} | {f_txt} | {100 * (f - bf):+.1f} | "
+        rows.append(f"| {name} | {key} | {len(mine)} | {f_txt} | {100 * (f - bf):+.1f} | "
                     f"{p_txt} | {100 * (p - bp):+.1f} | {'PASS' if ok else 'FAIL'} |")
 
 print("| ablation | data@recipe (weak) | n | fusion (per seed) | Δ | weak probe (per seed) "
