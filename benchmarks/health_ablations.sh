@@ -26,7 +26,6 @@ ebmc/calibration=none   | ebmc       | synthetic,avmnist | paper  | method.teach
 ebmc/calibration=trust  | ebmc       | synthetic,avmnist | paper  | method.teacher_calibration=trust
 ebmc/no-imtd            | ebmc       | synthetic,avmnist | paper  | method.use_imtd=false
 ebmc/60-epochs          | ebmc       | synthetic,avmnist | paper  | --paper-epochs=60
-ebmc/60-epochs+cal=none | ebmc       | synthetic,avmnist | paper  | --paper-epochs=60 method.teacher_calibration=none
 decalign/default        | decalign   | avmnist,mfeat     | shared |
 decalign/no-mfd         | decalign   | avmnist           | shared | method.use_mfd=false
 decalign/no-hete        | decalign   | avmnist           | shared | method.use_hete=false
