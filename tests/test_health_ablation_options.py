@@ -74,3 +74,29 @@ def test_ebmc_trust_calibration_distils_towards_the_raw_teacher(
         want = want + (alpha[:, j] * (s * (s.log() - t.log())).sum(-1)).mean()
     got = m._imtd_loss(batch, out, teacher, {})
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+
+
+def test_health_set_overrides_the_method_not_concat() -> None:
+    """``health.py --set``: the ablation reaches the specification method only, so concat's
+    runs (and run ids) are the plain panel's; only method.* / train.* are accepted."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "health.py"
+    spec = importlib.util.spec_from_file_location("health_panel_ablation", path)
+    assert spec is not None and spec.loader is not None
+    health = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = health  # dataclasses look their module up there
+    spec.loader.exec_module(health)
+    base = ["--methods", "scope", "--datasets", "synthetic", "--seeds", "0", "--recipes",
+            "shared"]
+    plain = {p.cfg.method: p for p in health.grid(health.parse(base))}
+    abl = {p.cfg.method: p for p in health.grid(health.parse(
+        [*base, "--set", "method.use_mid=false", "--set", "train.patience=0"]))}
+    assert abl["concat"].run_id == plain["concat"].run_id
+    assert abl["scope"].run_id != plain["scope"].run_id
+    assert abl["scope"].cfg.method_cfg == {"use_mid": False}
+    assert abl["scope"].cfg.train.patience == 0 and abl["concat"].cfg.train.patience == 5
+    with pytest.raises(SystemExit):
+        health.parse([*base, "--set", "data.n_train=10"])
