@@ -28,7 +28,9 @@ ebmc/no-imtd            | ebmc       | synthetic,avmnist | paper  | method.use_i
 ebmc/60-epochs          | ebmc       | synthetic,avmnist | paper  | --paper-epochs=60
 decalign/default        | decalign   | avmnist,mfeat     | shared |
 decalign/no-mfd         | decalign   | avmnist           | shared | method.use_mfd=false
-decalign/no-hete        | decalign   | avmnist           | shared | method.use_hete=false
+decalign/no-hete        | decalign   | avmnist,mfeat     | shared | method.use_hete=false
+decalign/no-proto-ot    | decalign   | mfeat             | shared | method.use_proto_ot=false
+decalign/cost=mean      | decalign   | mfeat             | shared | method.cost_reduction=mean
 decalign/no-homo        | decalign   | avmnist           | shared | method.use_homo=false
 decalign/no-ct          | decalign   | avmnist           | shared | method.use_ct=false
 decalign/vector-encoder | decalign   | avmnist,mfeat     | shared | method.vector_encoder=true
