@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/health.py [--methods scope,decalign,ebmc,udi,infobridge]
         [--datasets synthetic,mfeat,avmnist] [--seeds 0,1,2] [--recipes shared,paper]
-        [--out runs/health] [--workers 2] [--markdown health.md]
+        [--out runs/health] [--workers 2] [--markdown health.md] [--set method.KEY=VALUE ...]
 
 For every dataset, recipe and seed it trains the method and the ``concat`` baseline under
 the SAME recipe (so concat also runs at each paper recipe) on the bench runner (resumable:
@@ -23,6 +23,12 @@ Recipes:
       ``equimodal.presets.PAPER_PRESETS``; the paper's 50-200 epochs are scaled to
       ``--paper-epochs`` (30) for CPU (a cosine schedule anneals over the scaled budget),
       with the same early stopping (DecAlign keeps its own patience of 10).
+
+Ablations: ``--set method.KEY=VALUE`` (repeatable) applies to the specification methods
+only (concat keeps its defaults, so its runs are shared with the plain panel in the same
+``--out``); ``benchmarks/health_ablations.sh`` uses it to find the component behind each miss.
+A ``train.*`` override there (e.g. ``train.patience=0``) changes the method's recipe but not
+concat's: a diagnostic, not a panel result.
 
 Data (sizes chosen so the full panel fits ~25 min on 2 cores; see README):
     * ``synthetic``: strengths 1.0 / 0.35, 600 / 200 / 400 samples.
@@ -95,7 +101,9 @@ def grid(args: argparse.Namespace) -> list[GridPoint]:
             for method in [BASELINE, *members]:
                 for seed in args.seeds:
                     cfg = RunConfig(method=method, dataset=data.name, data=dict(data.kwargs))
-                    cfg = apply_overrides(cfg, [*recipe_sets(recipe, args), f"train.seed={seed}"])
+                    extra = [] if method == BASELINE else args.set
+                    cfg = apply_overrides(cfg, [*recipe_sets(recipe, args), *extra,
+                                                f"train.seed={seed}"])
                     point = GridPoint(cfg, f"{label}@{recipe}")
                     if point.run_id not in seen:
                         seen.add(point.run_id)
@@ -209,6 +217,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--markdown", help="also write the tables to this file")
     ap.add_argument("--report-only", action="store_true", help="print stored results only")
+    ap.add_argument("--set", "-s", action="append", default=[], metavar="method.KEY=VALUE",
+                    help="override for the specification methods, not concat (ablations); "
+                         "train.* changes the method's recipe only (a diagnostic)")
     args = ap.parse_args(argv)
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     args.methods, args.datasets = split(args.methods), split(args.datasets)
@@ -217,6 +228,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     bad += [d for d in args.datasets if d not in DATASETS]
     if bad:
         ap.error(f"unknown method / dataset: {bad}")
+    if any(not s.startswith(("method.", "train.")) for s in args.set):
+        ap.error(f"--set takes method.* (or, as a diagnostic, train.*) overrides: {args.set}")
     return args
 
 

@@ -202,7 +202,9 @@ def _coerce(value: Any, annotation: Any, where: str, name: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if value is None:
-        return None
+        # ``--set x=none`` parses to None; a plain ``str`` field (e.g. scheduler, whose
+        # choices include the word "none") cannot hold None, so it gets the word back.
+        return "none" if annotation is str else None
     if annotation is bool or (origin is typing.Union and bool in args):
         if isinstance(value, str):
             return parse_value(value)

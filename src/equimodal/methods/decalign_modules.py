@@ -102,6 +102,10 @@ class DecAlignNet(nn.Module):
             homogeneity losses.
         unimodal_heads: Build per-modality probe heads.
         unimodal_detach: Stop the probe heads' gradient at the features.
+        encoders: Modality-unique encoders applied before the projection, by modality (the
+            others' inputs go to the projection as they are); each maps ``[B, D_m]`` to
+            ``[B, encoder_dim]``.
+        encoder_dim: Output width of ``encoders``.
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class DecAlignNet(nn.Module):
         homo_projector: bool = True,
         unimodal_heads: bool = True,
         unimodal_detach: bool = True,
+        encoders: nn.ModuleDict | None = None,
+        encoder_dim: int = 0,
     ) -> None:
         super().__init__()
         if input_projection not in ("always", "when_needed"):
@@ -128,12 +134,14 @@ class DecAlignNet(nn.Module):
         self.names = info.modality_names
         self.dim = dim
         self.unimodal_detach = unimodal_detach
+        self.encoders = encoders if encoders is not None else nn.ModuleDict()
         self.proj = nn.ModuleDict()
         for n, spec in info.modalities.items():
-            if input_projection == "when_needed" and spec.dim == dim:
+            width = encoder_dim if n in self.encoders else spec.dim
+            if input_projection == "when_needed" and width == dim:
                 self.proj[n] = nn.Identity()
             else:
-                self.proj[n] = nn.Conv1d(spec.dim, dim, proj_kernel, padding=proj_kernel // 2,
+                self.proj[n] = nn.Conv1d(width, dim, proj_kernel, padding=proj_kernel // 2,
                                          bias=False)
         self.unique = nn.ModuleDict({n: nn.Conv1d(dim, dim, 1, bias=False) for n in self.names})
         self.common = nn.Conv1d(dim, dim, 1, bias=False) if decouple else None
@@ -157,6 +165,7 @@ class DecAlignNet(nn.Module):
         seqs, masks = [], []
         for n in self.names:
             x = batch.inputs[n]
+            x = self.encoders[n](x) if n in self.encoders else x
             x = x.unsqueeze(1) if x.dim() == 2 else x
             b, t, _ = x.shape
             mask = length_mask(batch.lengths.get(n), t, b, x.device)

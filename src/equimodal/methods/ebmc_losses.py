@@ -51,6 +51,7 @@ class EBMCObjective(Method):
     cfg: Any
     family_name: str
     trust_mean: Tensor
+    teacher_temp: Tensor
 
     @property
     def net(self) -> EBMCNet:
@@ -179,6 +180,8 @@ class EBMCObjective(Method):
         cfg, names = self.cfg, self.info.modality_names
         present = torch.stack([batch.present[n] for n in names], 1)
         t = torch.stack([teacher[n] for n in names], 1)  # [B, M, K]
+        if cfg.teacher_calibration == "trust" and self.info.kind == "classification":
+            t = t * self.teacher_temp.to(t.dtype)[None, :, None]  # KL targets: raw T_m
         if self.info.kind == "regression":
             div = (out.logits.reshape(-1, 1) - t[..., 0]).pow(2) / (2.0 * cfg.tau)
         else:
