@@ -38,6 +38,29 @@ def _rows(t: Tensor, mask: Tensor | None) -> Tensor:
     return t if mask is None else t[mask]
 
 
+def standardize(t: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-feature batch standardisation ``(t - mean) / sqrt(var + eps)`` over the rows of
+    ``[N, D]`` (population variance; gradients flow through the statistics, as in batch
+    norm, so the result is invariant to a per-feature rescaling of ``t``).
+
+    MI is invariant to invertible per-feature affine maps, so ``I(x; y)`` is unchanged (up to
+    the batch estimate of the statistics) while the bound of :func:`club_upper_bound` loses
+    its dependence on the feature scale (see :class:`~equimodal.methods.udi_modules.
+    GaussianEstimator`). A single row gives zeros.
+
+    Args:
+        t: ``[N, D]`` features.
+        eps: Variance floor (a dead feature maps to 0).
+
+    Returns:
+        ``[N, D]`` float32 tensor with zero mean and (at most) unit variance per feature.
+    """
+    t = t.float()
+    mean = t.mean(0, keepdim=True)
+    var = (t - mean).pow(2).mean(0, keepdim=True)
+    return (t - mean) * (var + eps).rsqrt()
+
+
 def club_nll(y: Tensor, mu: Tensor, logvar: Tensor, mask: Tensor | None = None) -> Tensor:
     """Estimator loss ``L_MI = -1/N sum_i log q_phi(f^m_i | f^a_i)`` (Eq. 10).
 

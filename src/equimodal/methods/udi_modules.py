@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from equimodal.losses.consistency import predictive_entropy
-from equimodal.losses.mi import club_nll, club_upper_bound
+from equimodal.losses.mi import club_nll, club_upper_bound, standardize
 from equimodal.methods.base import MethodConfig
 
 
@@ -47,6 +47,11 @@ class UDIConfig(MethodConfig):
         fusion_head_epochs: Epochs of the ``fusion_head`` stage (``None``: ``train.epochs``).
         estimator_hidden: Hidden width of ``q_phi`` (``None``: the feature width).
         estimator_lr_scale: Learning-rate multiplier of the ``estimator`` group.
+        estimator_inputs: What ``q_phi`` sees in Eq. 8-10: ``standardize`` (default) the
+            anchor and follower features standardised per feature over the batch
+            (:func:`~equimodal.losses.mi.standardize`), or ``raw`` (the printed equations:
+            the encoders' features as they are). See :class:`GaussianEstimator` for why
+            ``raw`` diverges on CG-MNIST.
     """
 
     anchor: str | None = None
@@ -66,6 +71,7 @@ class UDIConfig(MethodConfig):
     fusion_head_epochs: int | None = None
     estimator_hidden: int | None = None
     estimator_lr_scale: float = 1.0
+    estimator_inputs: str = "standardize"
 
 
 class GaussianEstimator(nn.Module):
@@ -73,14 +79,29 @@ class GaussianEstimator(nn.Module):
     ``Q_phi`` of Eq. 8-10 (two-layer MLPs as in CLUB; ``logvar`` squashed by ``tanh`` as
     CLUB does, so a dead feature cannot drive the variance, and the NLL, to ``-inf``).
 
+    Reading (``inputs``): Eq. 8-10 apply ``q_phi`` to the raw features. With ``raw`` inputs
+    ``L_com`` is not bounded below in the follower's feature scale: for a fixed ``q_phi`` and
+    ``logvar`` at its floor, Eq. 8 is ``sum_d exp(-logvar_d) cov(mu_d, y_d)``, linear in
+    ``y``, so the follower lowers it by growing ``y`` against ``mu``; the estimator chases
+    (its NLL grows with ``|y|^2``), and on CG-MNIST (convnet4, 512-d, SGD) the follower
+    features grew until the loss was non-finite (measured: ``L_MI`` 223 -> 2,243, ``L_com``
+    0.38 -> 215, non-finite at follower epoch 5). ``standardize`` fits and evaluates
+    ``q_phi`` on per-feature batch-standardised ``x`` and ``y``: the MI is unchanged (invariant
+    to per-feature affine maps), the bound is bounded, the estimator's input scale (hence its
+    SGD curvature) is fixed, and ``tanh``-bounded log-variances match unit-variance targets.
+
     Args:
         x_dim: Size of the conditioning (anchor / guide) features.
         y_dim: Size of the predicted (follower) features.
         hidden: Width of the hidden layers.
+        inputs: ``standardize`` (default) or ``raw`` (the printed equations).
     """
 
-    def __init__(self, x_dim: int, y_dim: int, hidden: int) -> None:
+    def __init__(self, x_dim: int, y_dim: int, hidden: int, inputs: str = "standardize") -> None:
         super().__init__()
+        if inputs not in ("standardize", "raw"):
+            raise ValueError(f"inputs must be 'standardize' or 'raw', got {inputs!r}")
+        self.inputs = inputs
         self.mu = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim))
         self.logvar = nn.Sequential(
             nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim), nn.Tanh()
@@ -90,15 +111,27 @@ class GaussianEstimator(nn.Module):
         """Mean and log-variance ``[N, y_dim]`` of ``q_phi(. | x)``."""
         return self.mu(x), self.logvar(x)
 
+    def _prepare(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Select the ``mask`` rows, then standardise both sides (``inputs="standardize"``)."""
+        if mask is not None:
+            x, y = x[mask], y[mask]
+        if self.inputs == "standardize" and x.shape[0] > 1:
+            x, y = standardize(x), standardize(y)
+        return x, y
+
     def nll(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """``L_MI`` of Eq. 10 (detach ``x`` and ``y`` to train ``phi`` only)."""
+        x, y = self._prepare(x, y, mask)
         mu, logvar = self(x)
-        return club_nll(y, mu, logvar, mask)
+        nll = club_nll(y, mu, logvar)
+        # Same minimiser as Eq. 10; the step no longer grows with the feature width.
+        return nll / y.shape[-1] if self.inputs == "standardize" else nll
 
     def upper_bound(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """``I_v(x; y)`` of Eq. 8 with this ``q_phi``."""
+        x, y = self._prepare(x, y, mask)
         mu, logvar = self(x)
-        return club_upper_bound(y, mu, logvar, mask)
+        return club_upper_bound(y, mu, logvar)
 
 
 def rank_branches(
@@ -253,7 +286,8 @@ def load_flat_state(modules: Sequence[nn.Module], flat: Tensor) -> None:
 def validate_config(cfg: Any) -> None:
     """Raise ``ValueError`` naming the field for an invalid ``UDIConfig``."""
     choices = {"follower_init": ("reset", "unimodal"), "fusion": ("sum", "concat"),
-               "follower_selection": ("fused", "follower")}
+               "follower_selection": ("fused", "follower"),
+               "estimator_inputs": ("standardize", "raw")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"udi: {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
