@@ -48,11 +48,11 @@ class UDIConfig(MethodConfig):
         estimator_hidden: Hidden width of ``q_phi`` (``None``: the feature width).
         estimator_lr_scale: Learning-rate multiplier of the ``estimator`` group.
         estimator_inputs: What ``q_phi`` sees in Eq. 8-10: ``standardize`` (default) the
-            anchor and follower features standardised per feature over the batch
-            (:func:`~equimodal.losses.mi.standardize`), ``q_phi`` trained on the NLL per
-            feature dimension (the logged ``mi_nll`` is then per dimension), or ``raw`` (the
-            printed equations: the encoders' features as they are, NLL summed). See
-            :class:`GaussianEstimator` for why ``raw`` diverges on CG-MNIST.
+            anchor and follower features centred per feature and scaled by one batch-wide
+            scale (:func:`~equimodal.losses.mi.standardize`), with ``L_MI`` and ``L_com`` per
+            feature dimension (the logged ``mi_nll`` and ``com`` are then per dimension), or
+            ``raw`` (the printed equations: the encoders' features as they are, sums over
+            dimensions). See :class:`GaussianEstimator` for why ``raw`` diverges on CG-MNIST.
     """
 
     anchor: str | None = None
