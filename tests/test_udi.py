@@ -234,7 +234,8 @@ def test_consistency_and_complementary_terms_act() -> None:
     assert _follower_gap(pulled, data) < 0.3 * _follower_gap(free, data)
     data = _data(["a", "b"], [1.5, 0.5])
     none = _fit(data, epochs=6, dynamic_controller=False)
-    com = _fit(data, epochs=6, dynamic_controller=False, alpha_com=1.0)
+    # L_com is per feature dimension (estimator_inputs="standardize"): 16 = hidden width.
+    com = _fit(data, epochs=6, dynamic_controller=False, alpha_com=16.0)
     assert com.history[-1]["train/com"] < 0.5 * none.history[-1]["train/com"]
 
 
