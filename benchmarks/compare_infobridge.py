@@ -72,7 +72,7 @@ def run_one(method: str, method_cfg: dict[str, Any], dataset: str, seed: int,
 
 def fig3(dataset: str, alphas: list[float], seed: int, epochs: int) -> None:
     """Fig. 3: cross-modal Gaussian-kernel distances on the test split as alpha grows."""
-    from equimodal.metrics.diagnostics_kernel import split_kernel_distances
+    from equimodal.eval.diagnostics_kernel import split_kernel_distances
     from equimodal.registry import load_dataset
 
     name, kwargs = DATASETS_USED.get(dataset, (dataset, {}))

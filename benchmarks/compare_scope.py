@@ -25,8 +25,9 @@ import torch
 
 from equimodal.config import ModelConfig, RunConfig, TrainConfig
 from equimodal.engine import fit
-from equimodal.methods.scope import AFR_VARIANTS, TABLE6_ABLATIONS, Scope
+from equimodal.methods.scope import AFR_VARIANTS, TABLE6_ABLATIONS
 from equimodal.metrics import mean_std
+from equimodal.presets import PAPER_PRESETS
 
 
 def run(method: str, dataset: str, data: dict[str, Any], method_cfg: dict[str, Any],
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--method-cfg", default="{}", help="JSON overrides for scope")
     ap.add_argument("--train", default='{"batch_size": 60}', help="JSON TrainConfig fields")
     ap.add_argument("--paper-train", action="store_true",
-                    help="use Scope.recommended_train (AdamW 1e-4, cosine, batch 60) for every "
+                    help="use the scope-paper preset (AdamW 1e-4, cosine, batch 60) for every "
                          "method; --epochs still sets the length")
     ap.add_argument("--ablations", action="store_true")
     args = ap.parse_args()
@@ -69,7 +70,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     data, train = json.loads(args.data), json.loads(args.train)
     if args.paper_train:
-        train = {k: v for k, v in Scope.recommended_train.items() if k != "epochs"} | train
+        recipe = PAPER_PRESETS["scope-paper"].train
+        train = {k: v for k, v in recipe.items() if k != "epochs"} | train
     base = json.loads(args.method_cfg)
     configs: list[tuple[str, str, dict[str, Any]]] = []
     for m in args.methods.split(","):

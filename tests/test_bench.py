@@ -65,6 +65,10 @@ def test_quick_suite_covers_every_method_and_builtin_data() -> None:
     points = expand(suite, ["concat", "late"])
     assert len(points) == 2 * len(suite.datasets) * 3
     assert len({p.run_id for p in points}) == len(points)
+    # DMD runs on the MSA-style entry only (the costly sequence baselines are excluded from
+    # the classification sets to keep the suite inside its 10-minute budget).
+    dmd = {p.label for p in expand(suite, ["concat", "dmd"]) if p.cfg.method == "dmd"}
+    assert dmd == {"synthetic-msa"}
 
 
 def test_override_priority_suite_dataset_method_cli() -> None:
@@ -97,6 +101,16 @@ def test_override_priority_suite_dataset_method_cli() -> None:
 def test_bad_suites_are_rejected(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         suite_from_dict(bad)
+
+
+def test_dataset_entry_exclude_drops_methods_from_that_entry_only() -> None:
+    suite = suite_from_dict({
+        "methods": "all", "seeds": [0],
+        "datasets": [{"name": "synthetic", "label": "a", "exclude": ["late"]},
+                     {"name": "synthetic", "label": "b", "kwargs": {"n_train": 40}}],
+    })
+    pts = [(p.label, p.cfg.method) for p in expand(suite, ["concat", "late"])]
+    assert pts == [("a", "concat"), ("b", "concat"), ("b", "late")]
 
 
 def test_unknown_method_and_suite_fail_fast() -> None:

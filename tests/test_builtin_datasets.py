@@ -342,7 +342,7 @@ def test_train_cli_on_mfeat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_cards_markdown_and_presets() -> None:
-    from equimodal.data.cards import PRESETS, markdown
+    from equimodal.bench.cards import PRESETS, markdown
 
     table = markdown({"mfeat": {"pix (unimodal)": [0.9, 1.0], "concat": [1.0, 1.0]}})
     # sample std (ddof=1) of 0.9 and 1.0 is 0.0707

@@ -14,6 +14,11 @@ from equimodal.config import ModelConfig, TrainConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import StepContext, Trainer, predict_split, seed_everything
 from equimodal.engine.optim import build_optimizer
+from equimodal.eval.diagnostics_kernel import (
+    cross_modal_kernel_distances,
+    kernel_distance_matrix,
+    split_kernel_distances,
+)
 from equimodal.losses.cmi import (
     assign_clusters,
     conditional_nce_objective,
@@ -28,11 +33,6 @@ from equimodal.losses.mi import gaussian_mutual_information
 from equimodal.losses.nce import info_nce
 from equimodal.methods.check import check_method
 from equimodal.methods.infobridge import ABLATIONS, CONTEXT_VARIANTS, InfoBridge, PairCritic
-from equimodal.metrics.diagnostics_kernel import (
-    cross_modal_kernel_distances,
-    kernel_distance_matrix,
-    split_kernel_distances,
-)
 from equimodal.registry import create_method, load_dataset
 from equimodal.types import Batch
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import seed_everything
+from equimodal.eval.diagnostics_kernel import cross_modal_kernel_distances
 from equimodal.methods.check import check_method
 from equimodal.methods.infobridge import ABLATIONS
-from equimodal.metrics.diagnostics_kernel import cross_modal_kernel_distances
 from equimodal.registry import create_method, load_dataset
 from test_infobridge import _batch, _ctx  # one helper for both files
 

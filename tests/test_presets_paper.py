@@ -49,10 +49,12 @@ def test_preset_resolves_to_the_paper_recipe(name: str) -> None:
     assert "--method" not in kept and kept[-2:] == ["-m", "concat"]
 
 
-def test_scope_recommended_train_is_the_preset() -> None:
+def test_paper_recipe_lives_in_the_presets_only() -> None:
     from equimodal.methods.scope import Scope
 
-    assert Scope.recommended_train == PAPER_PRESETS["scope-paper"].train
+    # One home for a paper's training recipe: the preset, not a copy on the method class.
+    assert not hasattr(Scope, "recommended_train")
+    assert PAPER_PRESETS["scope-paper"].method == "scope"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

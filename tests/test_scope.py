@@ -35,6 +35,7 @@ from equimodal.methods.scope_modules import (
     fused_graph,
     single_key_attention,
 )
+from equimodal.presets import PAPER_PRESETS
 from equimodal.registry import create_method, load_dataset
 from equimodal.types import Batch
 
@@ -440,7 +441,7 @@ def test_ablation_tables_map_to_switches() -> None:
     assert TABLE6_ABLATIONS["w/o BF"] == {"fusion": "mean"}
     assert {k: (v["use_sa"], v["use_ca"]) for k, v in AFR_VARIANTS.items()} == {
         "SA": (True, False), "CA": (False, True), "SA+CA": (True, True)}
-    train = TrainConfig(**Scope.recommended_train)
+    train = TrainConfig(**PAPER_PRESETS["scope-paper"].train)
     assert (train.optimizer, train.lr, train.batch_size, train.epochs) == ("adamw", 1e-4, 60, 100)
     assert Scope.Config().k == train.batch_size // 2 and Scope.Config().diffusion_steps == 3
     with pytest.raises(ValueError, match="fusion"):

@@ -23,7 +23,6 @@ from equimodal.losses.mi import (
     club_upper_bound_pairwise,
     gaussian_mutual_information,
 )
-from equimodal.methods.base import Stage
 from equimodal.methods.check import check_method
 from equimodal.methods.udi_modules import (
     GaussianEstimator,
@@ -254,7 +253,9 @@ def test_follower_init_reset_or_keep() -> None:
         trained = _branch_vec(udi, "b").clone()
         ctx = StepContext(TrainConfig(epochs=1), torch.device("cpu"), data.train,
                           torch.Generator().manual_seed(0))
-        ctx.stage, ctx.stage_index = Stage("follower_1", 1), 1
+        ctx.stage, ctx.stage_index = udi.stages(TrainConfig(epochs=1))[1], 1
+        assert ctx.stage.name == "follower_1"
+        udi.on_stage_start(ctx.stage, ctx)
         udi.on_epoch_start(ctx)
         expected = udi._init_state[1] if init == "reset" else trained
         assert torch.equal(_branch_vec(udi, "b"), expected)
@@ -272,7 +273,7 @@ def test_three_modalities_progressive_guidance() -> None:
     assert udi.order_names == ["a", "b", "c"]
     assert [s.name for s in udi.stages(TrainConfig(epochs=3))] == [
         "unimodal", "follower_1", "follower_2"]
-    assert udi._plan("follower_2") == [("c", ["a", "b"])]
+    assert udi._plan(udi.stages(TrainConfig(epochs=3))[2]) == [("c", ["a", "b"])]
     idx = {n: i for i, n in enumerate(udi.names)}
     after = udi.estimators.state_dict()
 

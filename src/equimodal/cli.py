@@ -12,45 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from equimodal.runargs import add_run_arguments, build_run_config, format_metrics
+
 # Sub-command providers living in their own packages: module -> function adding parsers.
 _PLUGINS = {
     "equimodal.data.prepare": "add_prepare_parser",
     "equimodal.bench.cli": "add_bench_parsers",
+    "equimodal.report.cli": "add_report_parser",
     "equimodal.eval.cli": "add_eval_parsers",
 }
-
-HEADLINE = {
-    "classification": ["accuracy", "macro_f1"],
-    "regression": ["mae", "corr", "acc2_non0", "acc7"],
-    "multilabel": ["f1_micro", "f1_macro"],
-}
-
-
-def format_metrics(metrics: dict[str, float], kind: str, modalities: Sequence[str]) -> str:
-    """A small text table: fusion row then one row per modality."""
-    keys = HEADLINE.get(kind, ["accuracy"])
-    lines = [f"{'':<16}" + "".join(f"{k:>12}" for k in keys)]
-    fused = [metrics.get(k, float("nan")) for k in keys]
-    lines.append(f"{'fusion':<16}" + "".join(f"{v:>12.4f}" for v in fused))
-    for m in modalities:
-        row = [metrics.get(f"{m}/{k}", float("nan")) for k in keys]
-        lines.append(f"{m + ' (unimodal)':<16}" + "".join(f"{v:>12.4f}" for v in row))
-        if any(f"{m}/probe_{k}" in metrics for k in keys):  # linear probe, frozen features
-            row = [metrics.get(f"{m}/probe_{k}", float("nan")) for k in keys]
-            lines.append(f"{m + ' (probe)':<16}" + "".join(f"{v:>12.4f}" for v in row))
-    return "\n".join(lines)
-
-
-def _load_config_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    if p.suffix == ".toml":
-        import tomllib
-
-        return tomllib.loads(p.read_text())
-    loaded: dict[str, Any] = json.loads(p.read_text())
-    return loaded
 
 
 def methods_markdown() -> str:
@@ -85,37 +55,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_run_config(args: argparse.Namespace) -> Any:
-    """RunConfig from ``--config``, ``--method``/``--data`` and ``--set`` overrides."""
-    from equimodal.config import RunConfig, apply_overrides
-
-    base = _load_config_file(args.config) if args.config else {}
-    cfg = RunConfig.from_dict(base)
-    sets = list(args.set or [])
-    if args.method:
-        cfg.method = args.method
-    if args.data:
-        cfg.dataset = args.data
-    for flag, key in (("seed", "train.seed"), ("epochs", "train.epochs"),
-                      ("device", "train.device"), ("batch_size", "train.batch_size"),
-                      ("lr", "train.lr")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            sets.insert(0, f"{key}={value}")
-    if getattr(args, "no_progress", False):
-        sets.append("train.progress=false")
-    return apply_overrides(cfg, sets)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from equimodal.engine import fit
-    from equimodal.registry import DATASETS, METHODS
+    from equimodal.eval.diagnostics import method_diagnostics
+    from equimodal.registry import DATASETS, METHODS, load_dataset
 
     cfg = build_run_config(args)
     METHODS.get(cfg.method)  # fail fast with a helpful message
     DATASETS.get(cfg.dataset)
     run_dir = Path(args.out) / f"{cfg.method}-{cfg.dataset}-{cfg.digest()}"
-    result = fit(cfg, run_dir, resume=not args.no_resume)
+    data = load_dataset(cfg.dataset, **cfg.data)
+    result = fit(cfg, run_dir, data=data, resume=not args.no_resume)
     info_kind = result.method.info.kind
     mods = result.method.info.modality_names
     print(f"run: {run_dir}")
@@ -124,13 +74,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(format_metrics(result.valid, info_kind, mods))
     print("test:")
     print(format_metrics(result.test, info_kind, mods))
-    # Method diagnostics logged per epoch (e.g. SCOPE's Dirichlet energy over its semantic
-    # graph, EBMC's modality contributions): the last epoch's values, one line each.
-    last = result.history[-1] if result.history else {}
-    diag = {k.split("/", 1)[1]: v for k, v in last.items()
-            if k.startswith("train/") and ("dirichlet" in k or "contribution" in k)}
+    # The method's diagnostics hook (e.g. SCOPE's Dirichlet energy over its semantic graph,
+    # EBMC's modality contributions) on the validation split, one line each.
+    device = next(iter(result.method.state_dict().values())).device
+    diag = method_diagnostics(result.method, data.valid.to(device))
     if diag:
-        print("diagnostics (last epoch):")
+        print("diagnostics (validation split):")
         for key, value in sorted(diag.items()):
             print(f"  {key:<28}{value:.4f}")
     return 0
@@ -168,23 +117,6 @@ def _run_data(result: Any) -> Any:
     raw.pop("versions", None)
     cfg = RunConfig.from_dict(raw)
     return load_dataset(cfg.dataset, **cfg.data)
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``train`` and ``bench``: method/data/config/overrides."""
-    p.add_argument("--config", help="JSON or TOML file with a RunConfig")
-    p.add_argument("--set", "-s", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a field, e.g. train.lr=0.01, method.alpha=0.5, data.seed=1")
-    p.add_argument("--preset", metavar="NAME[:SELECT]",
-                   help="evaluation protocol preset: mosi, mosei or sims (MSA protocol; "
-                        "optional :f1 / :mae selection), or a paper's training recipe: "
-                        "scope-paper, decalign-paper, ebmc-paper, udi-paper, "
-                        "infobridge-paper; expanded before your --set values")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def make_parser() -> argparse.ArgumentParser:

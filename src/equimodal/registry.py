@@ -149,7 +149,7 @@ def load_dataset(name: str, /, **kwargs: Any) -> Any:
         ValueError: an argument of the wrong kind (the message names the ``data.`` fields
             whose values it mentions); ``DataError`` from the loader passes through.
     """
-    from equimodal.data.dataset import DataError
+    from equimodal.types import DataError
 
     factory = DATASETS.get(name)
     check_kwargs(factory, kwargs, f"dataset {name!r} (data.*)")
@@ -170,6 +170,40 @@ def load_dataset(name: str, /, **kwargs: Any) -> Any:
                          f"{text}") from err
 
 
+class UnsupportedTaskError(ValueError):
+    """A method cannot run on a task (its ``check_task`` refused it); the message says why."""
+
+
+def method_config(name: str, info: Any, **overrides: Any) -> tuple[Any, Any]:
+    """Method class and validated ``Config`` for a task: what :func:`create_method` checks
+    before it builds anything (the bench calls it to skip a grid point early).
+
+    Args:
+        name: Registered method name.
+        info: The dataset's :class:`~equimodal.types.TaskInfo`.
+        **overrides: Fields of the method's ``Config`` dataclass.
+
+    Returns:
+        ``(method class, config instance)``.
+
+    Raises:
+        KeyError: an unknown method or ``Config`` field.
+        ValueError: a field of the wrong kind.
+        UnsupportedTaskError: the method's ``check_task`` refuses the task (same message).
+    """
+    from equimodal.config import build_dataclass
+
+    cls = METHODS.get(name)
+    cfg = build_dataclass(cls.Config, overrides, where=f"method {name!r}")
+    try:
+        cls.check_task(info, cfg)
+    except UnsupportedTaskError:
+        raise
+    except ValueError as err:
+        raise UnsupportedTaskError(*err.args) from err
+    return cls, cfg
+
+
 def create_method(name: str, info: Any, model_cfg: Any = None, **overrides: Any) -> Any:
     """Build method ``name`` for a task: its model (through ``build_model``) and extra modules.
 
@@ -179,11 +213,9 @@ def create_method(name: str, info: Any, model_cfg: Any = None, **overrides: Any)
         model_cfg: A :class:`~equimodal.config.ModelConfig`; defaults when ``None``.
         **overrides: Fields of the method's ``Config`` dataclass.
     """
-    from equimodal.config import ModelConfig, build_dataclass
+    from equimodal.config import ModelConfig
 
-    cls = METHODS.get(name)
-    cfg = build_dataclass(cls.Config, overrides, where=f"method {name!r}")
+    cls, cfg = method_config(name, info, **overrides)
     mcfg = model_cfg if model_cfg is not None else ModelConfig()
-    cls.check_task(info, cfg)
     model = cls.build_model(info, mcfg, cfg)
     return cls(model, info, cfg)

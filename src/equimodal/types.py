@@ -11,6 +11,16 @@ from torch import Tensor
 TaskKind = Literal["classification", "regression", "multilabel"]
 
 
+class DataError(ValueError):
+    """Bad input data; the message names the source, split and field.
+
+    Imported as ``equimodal.data.DataError`` / ``equimodal.data.dataset.DataError``; it is
+    defined here, in the bottom layer, so that :func:`equimodal.registry.load_dataset` can
+    tell it apart without importing :mod:`equimodal.data` (see "Layering" in
+    ``docs/architecture.md``).
+    """
+
+
 @dataclass(frozen=True)
 class ModalitySpec:
     """Shape of one modality.

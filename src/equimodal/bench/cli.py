@@ -1,4 +1,4 @@
-"""``equimodal bench | results | report`` (sub-commands plugin)."""
+"""``equimodal bench | results`` (sub-commands plugin; ``report``: :mod:`equimodal.report.cli`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def auto_workers() -> int:
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str]:
-    # The same flag -> field mapping as `equimodal train` (cli.build_run_config); applied
+    # The same flag -> field mapping as `equimodal train` (runargs.build_run_config); applied
     # after the suite's values so the command line wins.
     sets = []
     for flag, key in (("epochs", "train.epochs"), ("device", "train.device"),
@@ -71,7 +71,7 @@ def build_suite(args: argparse.Namespace) -> Any:
 
 
 def _base_config(args: argparse.Namespace) -> Any:
-    from equimodal.cli import build_run_config
+    from equimodal.runargs import build_run_config
 
     # --config gives the starting RunConfig of every grid point (suite values override it).
     ns = argparse.Namespace(config=args.config, set=[], method=None, data=None)
@@ -214,21 +214,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from equimodal.report import build_report
-
-    out = Path(args.out) if args.out else Path(args.db).parent / "report.html"
-    workers = args.workers if args.workers > 0 else auto_workers()
-    path = build_report(args.db, out, tsne=not args.no_tsne, tsne_samples=args.tsne_samples,
-                        metric=args.metric, workers=workers, baseline=args.baseline,
-                        progress=lambda label: print(f"  rendered {label}", flush=True))
-    print(f"report: {path}")
-    return 0
-
-
 def add_bench_parsers(sub: Any) -> None:
-    """Add ``bench``, ``results`` and ``report`` to the ``equimodal`` sub-commands."""
-    from equimodal.cli import add_run_arguments
+    """Add ``bench`` and ``results`` to the ``equimodal`` sub-commands."""
+    from equimodal.runargs import add_run_arguments
 
     p = sub.add_parser("bench", help="run a grid of methods x datasets x seeds (resumable)")
     p.add_argument("--suite", help="built-in suite name (quick) or a TOML file")
@@ -274,18 +262,3 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--baseline", default="concat",
                    help="reference method of the paired 'Δ vs' statistics (default concat)")
     p.set_defaults(func=_cmd_results)
-
-    p = sub.add_parser("report", help="write a self-contained HTML report")
-    p.add_argument("--db", default=str(DEFAULT_DB), help=f"database (default {DEFAULT_DB})")
-    p.add_argument("--out", help="HTML file (default: report.html next to the database)")
-    p.add_argument("--metric", help="metric of the tables (default per task)")
-    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figures")
-    p.add_argument("--tsne-samples", type=int, default=100,
-                   help="test samples per t-SNE (one run per method)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes rendering datasets in parallel (default: usable cores, "
-                        f"at most {MAX_AUTO_WORKERS})")
-    p.add_argument("--baseline", default="concat",
-                   help="reference method of the paired 'Δ vs' statistics and the balance "
-                        "chart (default concat)")
-    p.set_defaults(func=_cmd_report)

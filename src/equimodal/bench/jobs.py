@@ -114,8 +114,8 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     """
     import torch
 
-    from equimodal.config import RunConfig, build_dataclass
-    from equimodal.registry import DATASETS, METHODS
+    from equimodal.config import RunConfig
+    from equimodal.registry import DATASETS, UnsupportedTaskError, method_config
 
     if spec.threads > 0:
         # Workers share the machine's cores: one pool of N workers x T threads.
@@ -138,11 +138,9 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             return record
         info = data.info
         record.update(task=info.kind, modalities=list(info.modality_names))
-        cls = METHODS.get(cfg.method)
-        method_cfg = build_dataclass(cls.Config, cfg.method_cfg, where=f"method {cfg.method!r}")
-        try:
-            cls.check_task(info, method_cfg)
-        except ValueError as err:
+        try:  # create_method's checks, before fit builds anything
+            method_config(cfg.method, info, **cfg.method_cfg)
+        except UnsupportedTaskError as err:
             record.update(status=SKIPPED, reason=str(err))
             return record
         from equimodal.engine import fit

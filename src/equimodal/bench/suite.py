@@ -273,7 +273,7 @@ def expand(suite: Suite, registered: list[str], cli_overrides: list[str] | None 
     seen: set[str] = set()
     for entry in suite.datasets:
         # An entry's methods narrow the suite's (``--methods`` may narrow both).
-        stray = sorted((set(entry.methods or []) | set(entry.exclude)) - set(registered))
+        stray = sorted(set(entry.methods or []) - set(registered))
         if stray:
             raise KeyError(f"dataset entry {entry.label!r}: unknown method(s) {stray}")
         for method in methods:

@@ -3,11 +3,11 @@
 Everything works on a whole batch of equal-length (zero-padded) signals at once: one
 ``torch.stft`` call, one filterbank matmul, one DCT matmul. No torchaudio / librosa.
 
-Conventions (the same as :mod:`equimodal.data.formats.audio`, whose WAV reader and HTK mel
-filterbank are reused): Hann window of ``win_ms``, hop of ``hop_ms``, FFT size the next power
-of two of the window, centred frames (``1 + samples // hop`` frames), power spectrum,
-area-normalised triangular mel filters, natural log with a floor ``eps``, MFCC = orthonormal
-DCT-II of the log-mel frame.
+Conventions (those of :mod:`equimodal.data.formats.audio`, whose WAV reader, HTK mel
+filterbank and :func:`log_mel_batch`, the one log-mel implementation, are re-exported here):
+Hann window of ``win_ms``, hop of ``hop_ms``, FFT size the next power of two of the window,
+centred frames (``1 + samples // hop`` frames), power spectrum, area-normalised triangular mel
+filters, natural log with a floor ``eps``, MFCC = orthonormal DCT-II of the log-mel frame.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equimodal.data.formats.audio import hz_to_mel, mel_filterbank, mel_to_hz, read_wav
+from equimodal.data.formats.audio import (
+    frame_params,
+    hz_to_mel,
+    log_mel_batch,
+    mel_to_hz,
+    read_wav,
+)
 
 __all__ = [
     "add_noise",
@@ -34,19 +40,6 @@ __all__ = [
     "peak_normalize",
     "read_wav",
 ]
-
-
-def frame_params(
-    sample_rate: int, win_ms: float = 25.0, hop_ms: float = 10.0
-) -> tuple[int, int, int]:
-    """Window, hop and FFT sizes in samples for a sample rate.
-
-    Returns:
-        ``(win, hop, n_fft)`` with ``n_fft`` the next power of two ``>= win``.
-    """
-    win = max(1, round(sample_rate * win_ms / 1000.0))
-    hop = max(1, round(sample_rate * hop_ms / 1000.0))
-    return win, hop, 1 << (win - 1).bit_length()
 
 
 def frame_lengths(n_samples: np.ndarray | Tensor | int, hop: int) -> np.ndarray:
@@ -98,45 +91,6 @@ def mel_band_centers(
     fmax = sample_rate / 2.0 if fmax is None else fmax
     mels = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
     return np.asarray(mel_to_hz(mels[1:-1]))
-
-
-def log_mel_batch(
-    x: Tensor,
-    sample_rate: int,
-    n_mels: int = 40,
-    win_ms: float = 25.0,
-    hop_ms: float = 10.0,
-    fmin: float = 0.0,
-    fmax: float | None = None,
-    eps: float = 1e-6,
-) -> Tensor:
-    """Log-mel spectrograms of a batch of equal-length signals.
-
-    Args:
-        x: ``[B, N]`` float signals (zero-padded to a common length).
-        sample_rate: Their rate in Hz.
-        n_mels: Mel bands.
-        win_ms: Hann window length in ms.
-        hop_ms: Hop in ms.
-        fmin: Lowest filter edge in Hz.
-        fmax: Highest filter edge in Hz (default Nyquist).
-        eps: Floor added to the mel power before the log.
-
-    Returns:
-        ``[B, T, n_mels]`` with ``T = 1 + N // hop`` centred frames.
-    """
-    win, hop, n_fft = frame_params(sample_rate, win_ms, hop_ms)
-    if x.dim() != 2:
-        raise ValueError(f"expected [B, N] signals, got shape {tuple(x.shape)}")
-    if x.shape[1] <= n_fft // 2:  # reflect padding needs more than half a window
-        x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.shape[1]))
-    window = torch.hann_window(win, dtype=x.dtype, device=x.device)
-    spec = torch.stft(x, n_fft, hop_length=hop, win_length=win, window=window, center=True,
-                      return_complex=True)  # [B, F, T]
-    power = spec.real.pow(2) + spec.imag.pow(2)
-    fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)).to(x)
-    mel = torch.einsum("mf,bft->btm", fb, power)
-    return torch.log(mel + eps)
 
 
 def dct_matrix(n_in: int, n_out: int) -> Tensor:

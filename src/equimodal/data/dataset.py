@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equimodal.types import Batch, ModalitySpec, TaskInfo, TaskKind
+from equimodal.types import Batch, DataError, ModalitySpec, TaskInfo, TaskKind
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the source, split and field."""
+# DataError is defined in equimodal.types (the bottom layer) and imported from here.
 
 
 @runtime_checkable
@@ -79,6 +77,17 @@ class MultimodalSplit:
             lengths={k: v.index_select(0, index) for k, v in self.lengths.items()},
             index=index,
         )
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows in order (no shuffling; the last may be smaller).
+
+        The one in-order iterator: :meth:`StepContext.iter_train
+        <equimodal.engine.context.StepContext.iter_train>` and methods that need full passes
+        (probes, Lipschitz or contribution estimates) use it.
+        """
+        idx = torch.arange(len(self), device=self.target.device)
+        for start in range(0, len(self), batch_size):
+            yield self.batch(idx[start : start + batch_size])
 
     def full_batch(self) -> Batch:
         """The whole split as one batch."""

@@ -1,17 +1,27 @@
-"""What a method sees of the engine during a step: backward, step, autocast, state."""
+"""What a method sees of the engine during a step: backward, step, autocast, state.
+
+Methods use the documented services (:meth:`StepContext.backward`, :meth:`~StepContext.step`,
+:meth:`~StepContext.params`, :attr:`~StepContext.is_last_epoch`,
+:attr:`~StepContext.batch_index`, :attr:`~StepContext.loss_scale`,
+:meth:`~StepContext.train_module`, ...), not the engine's bookkeeping attributes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from equimodal.config import TrainConfig
 from equimodal.data.dataset import MultimodalSplit
+from equimodal.engine.optim import build_optimizer
 from equimodal.types import Batch
+
+if TYPE_CHECKING:
+    from equimodal.methods.base import Stage
 
 
 class StepContext:
@@ -54,7 +64,7 @@ class StepContext:
         self.generator = generator
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.group_params: dict[str, list[nn.Parameter]] = {}
-        self.stage: Any = None
+        self.stage: Stage | Any = None
         self.stage_index = 0
         self.epoch = 0
         self.stage_epoch = 0
@@ -71,7 +81,44 @@ class StepContext:
             if not bf16:
                 self.scaler = torch.amp.GradScaler("cuda")
 
+    # ----- schedule -----------------------------------------------------------------------
+    @property
+    def stage_epochs(self) -> int:
+        """Epochs of the current stage (its ``epochs``, else ``train.epochs``)."""
+        epochs = getattr(self.stage, "epochs", None)
+        return int(epochs) if epochs is not None else int(self.train.epochs)
+
+    @property
+    def is_last_epoch(self) -> bool:
+        """Whether the current epoch is the stage's last scheduled one (the engine's rule:
+        the stage ends after it; early stopping may end a stage sooner)."""
+        return self.stage_epoch == self.stage_epochs - 1
+
+    @property
+    def batch_index(self) -> int:
+        """Index of the current mini-batch within the epoch (0-based)."""
+        return self.micro_step
+
+    def params(self, group: str) -> list[nn.Parameter]:
+        """Parameters of an active group of the current stage (as the engine optimises them).
+
+        Raises:
+            KeyError: ``group`` is not active in the current stage.
+        """
+        if group not in self.group_params:
+            raise KeyError(f"no active parameter group {group!r} in stage "
+                           f"{getattr(self.stage, 'name', '?')} "
+                           f"(active: {sorted(self.group_params)})")
+        return self.group_params[group]
+
     # ----- precision ----------------------------------------------------------------------
+    @property
+    def loss_scale(self) -> float:
+        """The factor gradients currently carry from fp16 AMP loss scaling (1.0 without):
+        divide ``.grad`` by it to compare true gradients (the engine unscales before its
+        optimiser step)."""
+        return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast context for the forward pass (no-op without AMP)."""
         if self.amp_dtype is None:
@@ -161,8 +208,46 @@ class StepContext:
 
     def iter_train(self, batch_size: int | None = None) -> Iterator[Batch]:
         """Iterate the training split in order (for methods that need full passes)."""
-        n = len(self.train_split)
-        bs = batch_size or self.train.batch_size
-        idx = torch.arange(n, device=self.device)
-        for start in range(0, n, bs):
-            yield self.train_split.batch(idx[start : start + bs])
+        return self.train_split.iter_batches(batch_size or self.train.batch_size)
+
+    # ----- auxiliary training -------------------------------------------------------------
+    def train_module(
+        self,
+        module: nn.Module,
+        loss_fn: Callable[[Batch], Tensor],
+        split: MultimodalSplit,
+        epochs: int,
+        batch_size: int | None = None,
+    ) -> None:
+        """Train an auxiliary module (e.g. a throw-away probe copy) outside the run's groups.
+
+        The engine builds the optimiser with the run's factory and settings
+        (:func:`~equimodal.engine.optim.build_optimizer` on ``train``), shuffles ``split``
+        each epoch with the run's generator, and clips to ``train.clip_norm``; the method
+        supplies only the loss. Full precision, no accumulation, no gradient hook: the
+        module is not part of the run's state, optimisers or checkpoints.
+
+        Args:
+            module: Module to train in place (its parameters with ``requires_grad``).
+            loss_fn: Batch -> scalar loss of ``module``.
+            split: Training data of the module.
+            epochs: Passes over ``split``.
+            batch_size: Mini-batch size (default ``train.batch_size``).
+        """
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = build_optimizer(params, self.train)
+        bs, n = batch_size or self.train.batch_size, len(split)
+        was = module.training
+        module.train()
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator).to(split.target.device)
+            for start in range(0, n, bs):
+                batch = split.batch(order[start : start + bs])
+                grads = torch.autograd.grad(loss_fn(batch), params, allow_unused=True)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                if self.train.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, self.train.clip_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        module.train(was)

@@ -266,7 +266,7 @@ def fit_distributed(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    from equimodal.cli import add_run_arguments
+    from equimodal.runargs import add_run_arguments
 
     p = argparse.ArgumentParser(prog="python -m equimodal.engine.distributed",
                                 description="Train one run data-parallel under torchrun.")
@@ -282,7 +282,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``torchrun ... -m equimodal.engine.distributed``."""
-    from equimodal.cli import build_run_config, format_metrics
+    from equimodal.runargs import build_run_config, format_metrics
 
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

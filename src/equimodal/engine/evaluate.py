@@ -3,56 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from equimodal.data.dataset import MultimodalSplit
+from equimodal.methods.inference import predict_split
 from equimodal.types import TaskInfo
 
+__all__ = ["evaluate", "predict_split"]
 
-@torch.no_grad()
-def predict_split(
-    method: Any,
-    split: MultimodalSplit,
-    batch_size: int = 256,
-    modalities: Iterable[str] | None = None,
-) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Run ``method.predict`` over a split in order.
-
-    Args:
-        method: A :class:`~equimodal.methods.base.Method`.
-        split: The split to predict.
-        batch_size: Inference batch size.
-        modalities: Keep only these modalities present (others zeroed + masked).
-
-    Returns:
-        Fused outputs ``[N, C]``, unimodal outputs per modality ``[N, C]`` (where the method
-        gives them) and targets, all on CPU.
-    """
-    was_training = method.training
-    method.eval()
-    device = split.target.device
-    keep = None if modalities is None else set(modalities)
-    outs: list[Tensor] = []
-    uni: dict[str, list[Tensor]] = {}
-    idx = torch.arange(len(split), device=device)
-    for start in range(0, len(split), batch_size):
-        batch = split.batch(idx[start : start + batch_size])
-        if keep is not None:
-            batch = batch.with_modalities(keep)
-        out = method.predict(batch)
-        outs.append(out.logits.float().cpu())
-        for name, logit in out.unimodal_logits.items():
-            uni.setdefault(name, []).append(logit.float().cpu())
-    method.train(was_training)
-    fused = torch.cat(outs) if outs else torch.empty(0)
-    return fused, {k: torch.cat(v) for k, v in uni.items()}, split.target.cpu()
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method
 
 
 def evaluate(
-    method: Any,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     batch_size: int = 256,
@@ -73,7 +40,7 @@ def evaluate(
         return metrics
     # A method that reads only some modalities (``unimodal``) names them: a score for a
     # modality it never sees would be a meaningless number next to real ones.
-    for name in getattr(method, "modalities_in_use", None) or info.modality_names:
+    for name in method.modalities_in_use:
         if name in uni:
             scores = compute_task_metrics(info.kind, uni[name], target)
         else:
@@ -86,7 +53,7 @@ def evaluate(
 
 @torch.no_grad()
 def split_features(
-    method: Any, split: MultimodalSplit, batch_size: int = 256
+    method: Method, split: MultimodalSplit, batch_size: int = 256
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Frozen per-modality features of a split from :meth:`Method.modality_features`.
 
@@ -100,10 +67,9 @@ def split_features(
     feats: dict[str, list[Tensor]] = {}
     targets: dict[str, list[Tensor]] = {}
     idx = torch.arange(len(split), device=device)
-    hook = getattr(method, "modality_features", None)
     for start in range(0, len(split), batch_size):
         batch = split.batch(idx[start : start + batch_size])
-        got = hook(batch) if hook is not None else method.predict(batch).features
+        got = method.modality_features(batch)
         for name, f in got.items():
             if f.dim() != 2 or f.shape[0] != batch.size:
                 continue
@@ -117,7 +83,7 @@ def split_features(
 
 
 def probe_metrics(
-    method: Any, data: Any, info: TaskInfo, batch_size: int = 256, seed: int = 0
+    method: Method, data: Any, info: TaskInfo, batch_size: int = 256, seed: int = 0
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Linear-probe metrics per modality for valid and test (see :mod:`equimodal.metrics.probe`).
 
@@ -134,7 +100,7 @@ def probe_metrics(
     te = split_features(method, data.test, batch_size)
     valid: dict[str, float] = {}
     test: dict[str, float] = {}
-    for name in getattr(method, "modalities_in_use", None) or info.modality_names:
+    for name in method.modalities_in_use:
         if name not in tr or name not in va or name not in te:
             continue
         res = linear_probe(info.kind, tr[name], va[name], te[name], info.num_outputs, seed=seed)

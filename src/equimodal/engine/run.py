@@ -7,7 +7,7 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,19 +25,22 @@ from equimodal.engine.seeding import seed_everything
 from equimodal.engine.trainer import RunResult, Trainer, load_weights
 from equimodal.registry import create_method, load_dataset
 
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method
+
 log = logging.getLogger(__name__)
 
 
-def build(cfg: RunConfig, data: MultimodalData | None = None) -> tuple[Any, MultimodalData]:
+def build(cfg: RunConfig, data: MultimodalData | None = None) -> tuple[Method, MultimodalData]:
     """Load the dataset and create the method (seeded, so weights are reproducible)."""
     if data is None:
         data = load_dataset(cfg.dataset, **cfg.data)
     seed_everything(cfg.train.seed)
-    method = create_method(cfg.method, data.info, cfg.model, **cfg.method_cfg)
+    method: Method = create_method(cfg.method, data.info, cfg.model, **cfg.method_cfg)
     return method, data
 
 
-def resolved_config(cfg: RunConfig, method: Any) -> dict[str, Any]:
+def resolved_config(cfg: RunConfig, method: Method) -> dict[str, Any]:
     """The full config: every method field (with defaults) plus versions."""
     d = cfg.to_dict()
     d["method_cfg"] = dataclasses.asdict(method.cfg)

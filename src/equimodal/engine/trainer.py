@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from equimodal.engine.evaluate import evaluate, probe_metrics
 from equimodal.engine.optim import build_optimizer, build_scheduler
 from equimodal.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method, Stage
+
 log = logging.getLogger(__name__)
 
 RESUME_HINT = "pass --no-resume (resume=False) to start the run over"
@@ -35,7 +38,7 @@ _CKPT_KEYS = ("method", "optimizers", "schedulers", "stage_index", "stage_epoch"
               "global_step", "history", "best", "generator", "rng")
 
 
-def load_weights(method: Any, state: dict[str, Any], path: Path, hint: str) -> None:
+def load_weights(method: Method, state: dict[str, Any], path: Path, hint: str) -> None:
     """``load_state_dict`` whose size / key mismatch is a one-line :class:`CheckpointError`."""
     try:
         method.load_state_dict(state)
@@ -50,7 +53,7 @@ def load_weights(method: Any, state: dict[str, Any], path: Path, hint: str) -> N
 class RunResult:
     """Outcome of a run: the trained method, per-epoch history and final metrics."""
 
-    method: Any
+    method: Method
     history: list[dict[str, Any]]
     valid: dict[str, float]
     test: dict[str, float]
@@ -86,7 +89,7 @@ class Trainer:
 
     def __init__(
         self,
-        method: Any,
+        method: Method,
         data: MultimodalData,
         train: TrainConfig,
         run_dir: Path | None = None,
@@ -103,7 +106,7 @@ class Trainer:
         self.grad_hook: Any = None
 
     # ----- helpers ------------------------------------------------------------------------
-    def _activate(self, ctx: StepContext, stage: Any, mode: str) -> dict[str, Any]:
+    def _activate(self, ctx: StepContext, stage: Stage, mode: str) -> dict[str, Any]:
         groups = self.method.param_groups(stage)
         active = list(stage.groups) if stage.groups is not None else list(groups)
         unknown = [g for g in active if g not in groups]
@@ -171,13 +174,13 @@ class Trainer:
                 log.info("resuming %s at stage %d epoch %d", self.run_dir, start_stage, start_epoch)
         total_epochs = sum(s.epochs if s.epochs is not None else tr.epochs for s in stages)
         bar = tqdm(total=total_epochs, initial=ctx.epoch, disable=not tr.progress,
-                   desc=f"{getattr(method, 'name', 'method')}", leave=False)
+                   desc=method.name, leave=False)
         t_train = 0.0
         for si in range(start_stage, len(stages)):
             stage = stages[si]
             ctx.stage_index = si
             scheds = self._activate(ctx, stage, mode)
-            n_epochs = stage.epochs if stage.epochs is not None else tr.epochs
+            n_epochs = ctx.stage_epochs
             first = start_epoch if si == start_stage else 0
             if ckpt is not None and si == start_stage and ctx.scaler is not None and (
                 ckpt.get("scaler")
@@ -185,6 +188,8 @@ class Trainer:
                 ctx.scaler.load_state_dict(ckpt["scaler"])
             # A checkpoint at a stage boundary (epoch 0 of the next stage) starts that stage
             # fresh: new optimisers, reset selection and on_stage_start (teacher snapshots).
+            # Inside a stage, on_stage_start(resumed=True) lets the method rebuild what the
+            # checkpoint does not hold.
             if ckpt is not None and si == start_stage and start_epoch > 0:
                 for g, st in ckpt["optimizers"].items():
                     if g in ctx.optimizers:
@@ -192,6 +197,8 @@ class Trainer:
                 for g, st in ckpt["schedulers"].items():
                     if scheds.get(g) is not None and st is not None:
                         scheds[g].load_state_dict(st)
+                ctx.stage_epoch = start_epoch
+                method.on_stage_start(stage, ctx, resumed=True)
             else:
                 best = _Best()
                 ctx.stage_epoch = 0
@@ -206,7 +213,7 @@ class Trainer:
                 row.update({f"train/{k}": v for k, v in method.on_epoch_end(ctx).items()})
                 row.update(epoch=ctx.epoch, stage=stage.name, stage_epoch=e, epoch_time=dt,
                            samples_per_s=seen / max(dt, 1e-9))
-                last_epoch = e == n_epochs - 1
+                last_epoch = ctx.is_last_epoch
                 if (e + 1) % tr.eval_every == 0 or last_epoch:
                     valid = evaluate(method, data.valid, data.info)
                     row.update({f"valid/{k}": v for k, v in valid.items()})
@@ -250,7 +257,7 @@ class Trainer:
         return self._finish(method, data, history, t_train)
 
     def _train_epoch(
-        self, method: Any, loader: BatchLoader, ctx: StepContext
+        self, method: Method, loader: BatchLoader, ctx: StepContext
     ) -> tuple[dict[str, Any], int]:
         method.train()
         method.on_epoch_start(ctx)
@@ -279,7 +286,7 @@ class Trainer:
             )
         return row, seen
 
-    def _checkpoint(self, method: Any, ctx: StepContext, scheds: dict[str, Any],
+    def _checkpoint(self, method: Method, ctx: StepContext, scheds: dict[str, Any],
                     history: list[dict[str, Any]], best: _Best, stage_index: int,
                     stage_epoch: int) -> None:
         if self.run_dir is None or not self.writer:
@@ -300,7 +307,7 @@ class Trainer:
             for row in history:
                 fh.write(json.dumps(row) + "\n")
 
-    def _finish(self, method: Any, data: MultimodalData, history: list[dict[str, Any]],
+    def _finish(self, method: Method, data: MultimodalData, history: list[dict[str, Any]],
                 t_train: float) -> RunResult:
         valid = evaluate(method, data.valid, data.info)
         test = evaluate(method, data.test, data.info)

@@ -50,7 +50,7 @@ def format_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
 
 
 def _headline(kind: str) -> list[str]:
-    from equimodal.cli import HEADLINE
+    from equimodal.runargs import HEADLINE
 
     return HEADLINE.get(kind, ["accuracy"])
 
@@ -108,7 +108,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"  {pair:<16} {v:.4f}")
     else:
         print("modality gap: no pair of modalities with features of equal size")
-    for k, v in diag.get("dirichlet", {}).items():
+    for k, v in {**diag.get("dirichlet", {}), **diag.get("method", {})}.items():
         print(f"{k}: {v:.4f}")
     return 0
 

@@ -8,9 +8,10 @@
 * **Modality gap** (Liang et al., NeurIPS 2022, "Mind the Gap"): the distance between the
   centroids of each modality's L2-normalised features, ``||mean(x_a/|x_a|) -
   mean(x_b/|x_b|)||``, over samples that have both modalities.
-* **Dirichlet energy** (``equimodal.losses.graphs.dirichlet_energy``) for methods that
-  expose a graph: ``method.dirichlet_graph(batch) -> (features [N, d], adjacency [N, N])``
-  or ``method.bank_diagnostics()`` returning ``dirichlet_*`` entries (SCOPE).
+* **Method diagnostics**: what the method's one diagnostics hook,
+  :meth:`Method.diagnostics(split) <equimodal.methods.base.Method.diagnostics>`, returns:
+  Dirichlet energies (``dirichlet*`` keys, ``equimodal.losses.graphs.dirichlet_energy``,
+  SCOPE's graph) and anything else the method measures (EBMC's modality contributions).
 
 :func:`protocol_report` bundles these with the robustness protocols of
 :mod:`equimodal.eval.robustness` for the bench (``--robustness``) and the CLI.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,6 +37,9 @@ from equimodal.eval.robustness import (
 )
 from equimodal.metrics import compute_task_metrics, selection_metric
 from equimodal.types import TaskInfo
+
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method
 
 PROTOCOLS = ("missing", "drop", "noise", "shapley", "gap", "dirichlet")
 
@@ -92,7 +96,7 @@ def _constant_score(split: MultimodalSplit, info: TaskInfo, metric: str) -> floa
 
 
 def modality_contributions(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     metric: str | None = None,
@@ -131,7 +135,7 @@ def modality_contributions(
 
 @torch.no_grad()
 def collect_embeddings(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     limit: int | None = None,
     batch_size: int = 256,
@@ -197,34 +201,24 @@ def modality_gap(features: Mapping[str, Tensor],
 
 
 @torch.no_grad()
-def dirichlet_diagnostics(method: Any, split: MultimodalSplit,
-                          batch_size: int = 256) -> dict[str, float]:
-    """Dirichlet energies where the method exposes a graph (``{}`` otherwise).
-
-    Uses ``method.dirichlet_graph(batch)`` on the first ``batch_size`` samples when
-    defined, else the ``dirichlet_*`` entries of ``method.bank_diagnostics()``.
-    """
-    from equimodal.losses.graphs import dirichlet_energy
-
-    hook = getattr(method, "dirichlet_graph", None)
-    if callable(hook):
-        was = method.training
-        method.eval()
-        idx = torch.arange(min(batch_size, len(split)), device=split.target.device)
-        graph = hook(split.batch(idx))
+def method_diagnostics(method: Method, split: MultimodalSplit) -> dict[str, float]:
+    """The method's own diagnostics on ``split`` (:meth:`Method.diagnostics`), in eval mode."""
+    was = method.training
+    method.eval()
+    try:
+        return {k: float(v) for k, v in method.diagnostics(split).items()}
+    finally:
         method.train(was)
-        if graph is None:
-            return {}
-        feats, adj = graph
-        return {"dirichlet": float(dirichlet_energy(feats, adj))}
-    bank = getattr(method, "bank_diagnostics", None)
-    if callable(bank):
-        return {k: float(v) for k, v in bank().items() if k.startswith("dirichlet")}
-    return {}
+
+
+def dirichlet_diagnostics(method: Method, split: MultimodalSplit) -> dict[str, float]:
+    """Dirichlet energies among the method's diagnostics (``{}`` when it reports none)."""
+    return {k: v for k, v in method_diagnostics(method, split).items()
+            if k.startswith("dirichlet")}
 
 
 def protocol_report(
-    method: Any,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     protocols: Sequence[str] = PROTOCOLS,
@@ -249,7 +243,10 @@ def protocol_report(
 
     Returns:
         ``{"missing": ..., "frame_drop": ..., "noise": ..., "diagnostics": {...}}`` with the
-        protocols that apply (``frame_drop`` only with sequence modalities).
+        protocols that apply (``frame_drop`` only with sequence modalities). The
+        ``dirichlet`` protocol runs the method's diagnostics hook once: its ``dirichlet*``
+        entries under ``diagnostics["dirichlet"]``, the others under
+        ``diagnostics["method"]``.
     """
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
@@ -272,9 +269,13 @@ def protocol_report(
         emb = collect_embeddings(method, split, gap_samples)
         diag["modality_gap"] = modality_gap(emb["features"], emb["present"])
     if "dirichlet" in protocols:
-        energy = dirichlet_diagnostics(method, split)
+        found = method_diagnostics(method, split)
+        energy = {k: v for k, v in found.items() if k.startswith("dirichlet")}
         if energy:
             diag["dirichlet"] = energy
+        other = {k: v for k, v in found.items() if k not in energy}
+        if other:
+            diag["method"] = other
     if diag:
         out["diagnostics"] = diag
     return out

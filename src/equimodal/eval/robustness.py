@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from torch import Tensor
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.evaluate import evaluate
 from equimodal.types import TaskInfo
+
+if TYPE_CHECKING:
+    from equimodal.methods.base import Method
 
 #: The frame-drop rates of EBMC's intra-modality missingness protocol (Tab. 5).
 DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
@@ -73,7 +76,7 @@ def _with_inputs(split: MultimodalSplit, inputs: dict[str, Tensor]) -> Multimoda
 
 
 def missing_modality_table(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     batch_size: int = 256,
@@ -147,7 +150,7 @@ def drop_frames(
 
 
 def frame_drop_curve(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     rates: Sequence[float] = DEFAULT_RATES,
@@ -234,7 +237,7 @@ def add_noise(
 
 
 def noise_curve(
-    method: torch.nn.Module,
+    method: Method,
     split: MultimodalSplit,
     info: TaskInfo,
     levels: Sequence[float] = DEFAULT_LEVELS,

@@ -167,7 +167,7 @@ class AGM(Method):
         # gradients.
         if self.cfg.grad_clip <= 0 or not ctx.will_step:
             return
-        scale = float(ctx.scaler.get_scale()) if ctx.scaler is not None else 1.0
+        scale = ctx.loss_scale
         thr = self.cfg.grad_clip * scale
         grads = [p.grad for p in self.net.fusion.parameters() if p.grad is not None]
         if grads and max(float(g.abs().max()) for g in grads) > thr:

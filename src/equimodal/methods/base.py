@@ -3,8 +3,13 @@
 A method owns its model and extra modules, declares parameter groups and stages, computes
 named losses and may hook after backward or override a training step. It never builds an
 optimiser nor calls ``.backward()``: the engine's :class:`~equimodal.engine.StepContext`
-does (``ctx.backward``, ``ctx.step``), so AMP, accumulation, clipping and checkpoints stay
-in one place.
+does (``ctx.backward``, ``ctx.step``, ``ctx.train_module``), so AMP, accumulation, clipping
+and checkpoints stay in one place.
+
+Every hook the engine, the evaluators, the CLI or the contract checker call is declared on
+:class:`Method` with a default (the table is in ``docs/architecture.md``, "The method
+contract"); nothing outside a method looks for an undeclared attribute with ``getattr``.
+The engine and the evaluators type methods with :class:`Method`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from equimodal.models.multimodal import build_multimodal_model
 from equimodal.types import Batch, ModelOutput, TaskInfo, TaskKind
 
 if TYPE_CHECKING:
+    from equimodal.data.dataset import MultimodalSplit
     from equimodal.engine.context import StepContext
 
 ALL_TASKS: tuple[TaskKind, ...] = ("classification", "regression", "multilabel")
@@ -27,20 +33,34 @@ ALL_TASKS: tuple[TaskKind, ...] = ("classification", "regression", "multilabel")
 
 @dataclass(frozen=True)
 class Stage:
-    """One phase of a multi-stage schedule.
+    """One phase of a multi-stage schedule, with a typed payload for the method.
+
+    A method dispatches on :attr:`key` and reads :attr:`index`; it never parses
+    :attr:`name`, which is only the label logged in the history (``stage`` column).
 
     Attributes:
-        name: Stage name (logged).
+        name: Stage name (logged; unique within a schedule).
         epochs: Epochs of this stage (``None`` = ``TrainConfig.epochs``).
         groups: Parameter groups optimised in this stage (``None`` = every declared group).
             Parameters outside the active groups are frozen for the stage.
         select_best: Restore the best-validation weights of this stage when it ends.
+        key: The kind of stage the method dispatches on (default: ``name``). Repeated
+            phases share a key, e.g. UDI's ``follower`` stages or ReconBoost's ``boost``.
+        index: The stage's integer payload within its kind (``None``: none), e.g. the
+            follower's position in UDI's training order or the boosted modality's index
+            in ReconBoost.
     """
 
     name: str
     epochs: int | None = None
     groups: tuple[str, ...] | None = None
     select_best: bool = True
+    key: str = ""
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
 
 @dataclass(frozen=True)
@@ -79,12 +99,21 @@ class FusionConfig(MethodConfig):
 
 
 class Method(nn.Module):
-    """Base class of all methods.
+    """Base class of all methods: the complete contract, every hook with its default.
 
     Subclasses set ``Config`` (a dataclass of paper defaults), ``capabilities``, ``paper``
     and ``family``; they override what they need among :meth:`build_model`,
     :meth:`param_groups`, :meth:`stages`, :meth:`compute_loss`, :meth:`on_after_backward`,
-    :meth:`training_step` and :meth:`predict`.
+    :meth:`training_step`, :meth:`predict`, :meth:`modality_features`,
+    :attr:`modalities_in_use`, :meth:`diagnostics`, :meth:`on_stage_start`,
+    :meth:`on_epoch_start` and :meth:`on_epoch_end`. A paper's training recipe
+    (optimiser, learning rate, batch size, epochs) is not part of a method: it lives in
+    :data:`equimodal.presets.PAPER_PRESETS` (``--preset <method>-paper``).
+
+    Attributes:
+        contract_loss: The logged loss term that :func:`~equimodal.methods.check.check_method`
+            requires to go down over the first stage (default ``"loss"``; Self-MM names
+            ``"fused"`` because its objective gains terms as training goes).
 
     Args:
         model: The network built by :meth:`build_model`.
@@ -97,6 +126,7 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     family: ClassVar[str] = "fusion"
     name: ClassVar[str] = "method"
+    contract_loss: ClassVar[str] = "loss"
 
     def __init__(self, model: nn.Module, info: TaskInfo, cfg: Any) -> None:
         super().__init__()
@@ -149,6 +179,17 @@ class Method(nn.Module):
         reg = getattr(self.cfg, "regression_loss", "l1")
         return task_loss(logits, target, self.info.kind, reg, reduction)
 
+    def unimodal_loss(self, batch: Batch, out: ModelOutput) -> Tensor:
+        """Sum over ``out.unimodal_logits`` of each head's task loss on the samples that
+        have its modality (:meth:`masked_task_loss`); zero without unimodal logits.
+
+        The shared form of the probe / unimodal-head loss (SCOPE, DecAlign).
+        """
+        total = out.logits.sum() * 0
+        for name, logit in out.unimodal_logits.items():
+            total = total + self.masked_task_loss(logit, batch.target, batch.present[name])
+        return total
+
     def masked_task_loss(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
         """Mean task loss over the rows where ``mask`` holds (zero when none does).
 
@@ -192,9 +233,45 @@ class Method(nn.Module):
         """
         return dict(self.predict(batch).features)
 
+    @property
+    def modalities_in_use(self) -> list[str]:
+        """Modalities the method reads (default: all of the data's, in order).
+
+        Evaluation reports a per-modality score and a linear probe only for these: a
+        unimodal baseline names its one modality, so no meaningless number for a modality
+        it never sees stands next to real ones.
+        """
+        return list(self.info.modality_names)
+
+    def diagnostics(self, split: MultimodalSplit) -> dict[str, float]:
+        """Method-specific diagnostic numbers of the trained method on ``split``.
+
+        The one diagnostics hook: ``equimodal diagnose`` (the ``dirichlet`` protocol of
+        :func:`~equimodal.eval.diagnostics.protocol_report`) and ``equimodal train`` print
+        what it returns. Keys starting with ``dirichlet`` are Dirichlet energies (SCOPE's
+        graph); ``contribution/<modality>`` are modality shares (EBMC, Fig. 4).
+
+        Args:
+            split: A split on the method's device.
+
+        Returns:
+            Name -> value (default: ``{}``, no diagnostics).
+        """
+        return {}
+
     # ----- hooks --------------------------------------------------------------------------
-    def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
-        """Called when a stage starts fresh (not when resuming inside it)."""
+    def on_stage_start(self, stage: Stage, ctx: StepContext, resumed: bool = False) -> None:
+        """Called when a stage starts, before its first epoch.
+
+        Args:
+            stage: The stage (its optimisers are already built in ``ctx``).
+            ctx: The step context.
+            resumed: ``False`` when the stage starts fresh (a run resumed at a stage
+                boundary starts the stage fresh too); ``True`` when a run resumes inside
+                the stage from a checkpoint. State computed once per stage (a teacher
+                snapshot, an estimate) is in the restored state dict then, so most methods
+                return early; rebuild here what a checkpoint does not hold.
+        """
 
     def on_epoch_start(self, ctx: StepContext) -> None:
         """Called before each training epoch."""

@@ -18,6 +18,7 @@ from equimodal.data.dataset import MultimodalData
 from equimodal.engine.evaluate import predict_split
 from equimodal.engine.seeding import seed_everything
 from equimodal.engine.trainer import Trainer
+from equimodal.methods.base import Method
 from equimodal.registry import METHODS, create_method, load_dataset
 
 
@@ -33,7 +34,7 @@ class CheckReport:
     chance: float
 
 
-def easy_data(cls: Any, task: str = "classification", n_modalities: int = 2,
+def easy_data(cls: type[Method], task: str = "classification", n_modalities: int = 2,
               sequences: bool = False, seed: int = 0) -> MultimodalData:
     """Small, easy synthetic data suited to a method's capabilities."""
     caps = cls.capabilities
@@ -51,7 +52,7 @@ def easy_data(cls: Any, task: str = "classification", n_modalities: int = 2,
 
 
 def _fit(name: str, data: MultimodalData, epochs: int, seed: int,
-         overrides: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+         overrides: dict[str, Any]) -> tuple[Method, list[dict[str, Any]]]:
     seed_everything(seed)
     method = create_method(name, data.info, ModelConfig(hidden=32, layers=1), **overrides)
     train = TrainConfig(epochs=epochs, batch_size=40, lr=3e-3, seed=seed, progress=False,
@@ -95,7 +96,7 @@ def check_method(name: str, task: str | None = None, epochs: int = 6, sequences:
     first_stage = history[0]["stage"]
     # A method whose objective gains terms as training goes (Self-MM's unimodal losses start
     # at epoch 3) names the logged term that must go down in its ``contract_loss``.
-    key = f"train/{getattr(cls, 'contract_loss', 'loss')}"
+    key = f"train/{cls.contract_loss}"
     stage_losses = [h[key] for h in history if h["stage"] == first_stage]
     assert stage_losses[-1] < stage_losses[0], f"{name}: loss did not decrease: {stage_losses}"
 

@@ -32,7 +32,6 @@ from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
 from equimodal.losses.robust import certified_bound, crmt_margin_loss, own_normalize
 from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
-from equimodal.methods.gblending import split_batches
 from equimodal.models.fusion import Fusion, FusionOutput
 from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
 from equimodal.registry import register_method
@@ -167,7 +166,7 @@ class CRMT(Method):
 
     def param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
         """``main`` (all) in step 1, ``integration`` (the ``a^(m)``) in step 2."""
-        if stage.name == INTEGRATION:
+        if stage.key == INTEGRATION:
             return {INTEGRATION: [self.fusion.scale]}
         return {"main": list(self.parameters())}
 
@@ -192,7 +191,7 @@ class CRMT(Method):
 
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
         """Step 1: ``CE + rho * margin``; step 2: ``-mean r(x)``."""
-        if getattr(ctx.stage, "name", JOINT) == INTEGRATION:
+        if getattr(ctx.stage, "key", JOINT) == INTEGRATION:
             radius = self.certified_radius(batch, out)
             return {"loss": -radius.mean(), "radius": radius.detach().mean()}
         ce = self.task_loss(out.logits, batch.target)
@@ -205,7 +204,7 @@ class CRMT(Method):
         was = self.training
         self.eval()
         lip = torch.zeros_like(self.lipschitz)
-        for batch in split_batches(split, batch_size):
+        for batch in split.iter_batches(batch_size):
             for i, n in enumerate(self.names):
                 keep = batch.present[n]
                 if not bool(keep.any()):
@@ -222,9 +221,9 @@ class CRMT(Method):
         self.lipschitz.copy_(lip)
         return lip
 
-    def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
-        """Estimate the Lipschitz constants before step 2."""
-        if stage.name == INTEGRATION:
+    def on_stage_start(self, stage: Stage, ctx: StepContext, resumed: bool = False) -> None:
+        """Estimate the Lipschitz constants before step 2 (a resumed run restores them)."""
+        if stage.key == INTEGRATION and not resumed:
             lip = self.estimate_lipschitz(ctx.train_split, ctx.train.batch_size)
             log.info("crmt Lipschitz estimate per modality: %s", lip.max(1).values.tolist())
 

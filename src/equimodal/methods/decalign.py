@@ -36,6 +36,7 @@ from equimodal.losses.ot import (
     transport_cost,
 )
 from equimodal.losses.supcon import regression_bins, supcon_loss
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.methods.decalign_modules import DecAlignNet
 from equimodal.registry import register_method
@@ -224,10 +225,7 @@ class DecAlign(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the enum-valued config fields."""
         super().check_task(info, cfg)
-        for name, allowed in _CHOICES.items():
-            if getattr(cfg, name) not in allowed:
-                raise ValueError(f"decalign: {name} must be one of {allowed}, "
-                                 f"got {getattr(cfg, name)!r}")
+        check_choices("decalign", cfg, _CHOICES)
 
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
@@ -330,13 +328,6 @@ class DecAlign(Method):
             target, self.cfg.ct_bins, low, high
         )
         return supcon_loss(fused, labels, self.cfg.ct_temperature)
-
-    def unimodal_loss(self, batch: Batch, out: ModelOutput) -> Tensor:
-        """Task loss of the probe heads on the samples that have each modality."""
-        total = out.logits.sum() * 0
-        for name, logit in out.unimodal_logits.items():
-            total = total + self.masked_task_loss(logit, batch.target, batch.present[name])
-        return total
 
     # ----- contract -----------------------------------------------------------------------
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:

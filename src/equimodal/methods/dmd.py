@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equimodal.config import ModelConfig
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.mult import check_choices
 from equimodal.models.crossmodal import (
     CrossmodalEncoder,
     MulTStreams,

@@ -21,8 +21,9 @@ weights at the start of every super-epoch.
 Held-out estimate without touching test: ``L^V`` is measured on the validation split (the
 engine's model-selection split, ``ctx.valid_split``); if a run has none, the last
 ``holdout_fraction`` of the training split is held out and the probes train on the rest. The
-test split is never read. The probes are deep copies trained by an optimiser from the
-engine's own factory (``build_optimizer`` with the run's ``TrainConfig``); they never touch
+test split is never read. The probes are deep copies trained by the engine's
+:meth:`~equimodal.engine.context.StepContext.train_module` (an optimiser from the engine's
+own factory with the run's ``TrainConfig``, its clipping and generator); they never touch
 the method's parameters, optimisers or checkpoints, and are discarded after measuring.
 """
 
@@ -30,68 +31,20 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
-from equimodal.engine.optim import build_optimizer
+from equimodal.methods._shared import UnimodalHeads, encoder_dims
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
 log = logging.getLogger(__name__)
-
-
-# ----- shared helpers (also used by the other part-B baselines) -------------------------------
-def split_batches(split: MultimodalSplit, batch_size: int) -> Iterator[Batch]:
-    """Batches of ``split`` in order (no shuffling)."""
-    idx = torch.arange(len(split), device=split.target.device)
-    for start in range(0, len(split), batch_size):
-        yield split.batch(idx[start : start + batch_size])
-
-
-def encoder_dims(model: nn.Module, info: TaskInfo) -> dict[str, int]:
-    """Feature size of each modality's encoder (its ``out_dim``, else a zero-batch probe)."""
-    net = cast(MultimodalModel, model)
-    dims: dict[str, int] = {}
-    for name, enc in net.encoders.items():
-        width = getattr(enc, "out_dim", None)
-        if width is None:
-            spec = info.modalities[name]
-            shape = (2, int(spec.seq_len or 1), spec.dim) if spec.is_sequence else (2, spec.dim)
-            was = enc.training
-            enc.eval()
-            with torch.no_grad():
-                width = int(enc(torch.zeros(shape)).shape[-1])
-            enc.train(was)
-        dims[name] = int(width)
-    return dims
-
-
-class UnimodalHeads(nn.Module):
-    """One linear head per modality on that modality's encoder features.
-
-    Unlike the split concat layer (whose unimodal logits share the fused layer), these heads
-    are separate classifiers, as G-Blend and InfoReg attach them.
-
-    Args:
-        dims: Modality -> feature size.
-        num_outputs: Classes / outputs.
-    """
-
-    def __init__(self, dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__()
-        self.heads = nn.ModuleDict({n: nn.Linear(d, num_outputs) for n, d in dims.items()})
-
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-modality logits."""
-        return {n: head(features[n]) for n, head in self.heads.items()}
 
 
 def ogr_blend_weights(train_before: Tensor, valid_before: Tensor, train_after: Tensor,
@@ -256,7 +209,7 @@ class GradientBlending(Method):
         heads.eval()
         sums = torch.zeros(len(keys), dtype=torch.float64)
         count = 0
-        for batch in split_batches(split, batch_size):
+        for batch in split.iter_batches(batch_size):
             for i, k in enumerate(keys):
                 sums[i] += float(self._key_loss(model, heads, batch, k)) * batch.size
             count += batch.size
@@ -266,25 +219,16 @@ class GradientBlending(Method):
 
     def _probe(self, ctx: StepContext, k: int, train_split: MultimodalSplit,
                held: MultimodalSplit, epochs: int) -> tuple[float, float]:
-        """Train a copy on loss ``k`` alone; return its (training, held-out) loss after."""
+        """Train a copy on loss ``k`` alone; return its (training, held-out) loss after.
+
+        The copy trains through the engine's :meth:`StepContext.train_module` (its optimiser
+        factory, clipping and generator), never through the method's own optimiser loop.
+        """
         model, heads = copy.deepcopy(self.model), copy.deepcopy(self.heads)
-        params = [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad]
-        opt = build_optimizer(params, ctx.train)
-        bs, n = ctx.train.batch_size, len(train_split)
-        model.train()
-        heads.train()
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=ctx.generator).to(train_split.target.device)
-            for start in range(0, n, bs):
-                batch = train_split.batch(order[start : start + bs])
-                grads = torch.autograd.grad(self._key_loss(model, heads, batch, k), params,
-                                            allow_unused=True)
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g
-                if ctx.train.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, ctx.train.clip_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        ctx.train_module(nn.ModuleList([model, heads]),
+                         lambda batch: self._key_loss(model, heads, batch, k), train_split,
+                         epochs)
+        bs = ctx.train.batch_size
         after_t = self._split_losses(model, heads, train_split, [k], bs)
         after_v = self._split_losses(model, heads, held, [k], bs)
         return float(after_t[0]), float(after_v[0])

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
@@ -167,8 +168,7 @@ class Greedy(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the config."""
         super().check_task(info, cfg)
-        if cfg.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+        check_choices("greedy", cfg, {"mode": MODES})
         if cfg.window < 1 or cfg.squeeze_ratio < 1:
             raise ValueError("window and squeeze_ratio must be >= 1")
 

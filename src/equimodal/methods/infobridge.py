@@ -55,8 +55,8 @@ from equimodal.losses.cmi import (
     quantize_similarity,
     sample_negative_indices,
 )
+from equimodal.methods._shared import PairwiseContrastive, check_choices, cosine
 from equimodal.methods.base import Capabilities, MethodConfig, Stage
-from equimodal.methods.infonce import PairwiseContrastive, cosine
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -113,7 +113,7 @@ class InfoBridgeConfig(MethodConfig):
             near-constant logit offset ("mor 13 %" in README while a linear probe on the
             same frozen features read 66 %). On unit vectors the critic's score cannot be
             raised by a radial change, so the NCE gradient on ``z`` is orthogonal to ``z``
-            (``tests/test_infobridge_health.py``). Measured (``benchmarks/health_b.py``,
+            (``tests/test_infobridge_health.py``). Measured (``benchmarks/health_feature_probe.py``,
             shared recipe, 30 epochs, seeds 0-2, literal -> normalised, concat): mfeat
             mor,pix fusion 97.42 -> 98.08 (98.00), mor norm 23.4 -> 10.2 (7.0), mor linear
             probe 69.1 -> 72.3 (71.9); synthetic 1.0/0.35 fusion 98.50 -> 98.67 (98.67),
@@ -148,11 +148,8 @@ class InfoBridgeConfig(MethodConfig):
 
 def validate_config(cfg: InfoBridgeConfig) -> None:
     """Raise ``ValueError`` naming the offending field."""
-    for name, allowed in (("context", CONTEXTS), ("negatives", NEGATIVES),
-                          ("inference_context", INFERENCE_CONTEXTS)):
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"infobridge: {name} must be one of {allowed}, "
-                             f"got {getattr(cfg, name)!r}")
+    check_choices("infobridge", cfg, {"context": CONTEXTS, "negatives": NEGATIVES,
+                                      "inference_context": INFERENCE_CONTEXTS})
     for name in ("n_negatives", "n_clusters", "similarity_levels", "critic_width",
                  "critic_hidden", "critic_steps", "kmeans_iters", "kmeans_refit_every"):
         if getattr(cfg, name) < 1:
@@ -448,13 +445,13 @@ class InfoBridge(PairwiseContrastive):
             # the encoders or the classifier from this step. (No pair with both modalities
             # present in this batch: nothing to learn, the step is a no-op.)
             if critic_obj.requires_grad:
-                ctx.backward(-critic_obj, inputs=ctx.group_params["critic"])
+                ctx.backward(-critic_obj, inputs=ctx.params("critic"))
             ctx.step("critic")
         with ctx.autocast():
             nce, mi = self.nce_objective(plans, out.features, detach=False)
             loss = task - self.cfg.alpha * nce + probe
         # ``inputs`` keeps Eq. 10's gradient out of the critic (it maximises L_NCE alone).
-        ctx.backward(loss, inputs=ctx.group_params["main"])
+        ctx.backward(loss, inputs=ctx.params("main"))
         ctx.step("main")
         self._enqueue(batch, out.features)
         fallback = torch.cat([p.fallback for p in plans]).float()

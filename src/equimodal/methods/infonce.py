@@ -10,84 +10,17 @@ unconditional ``I(z^a; z^b)`` lower bound ``log B - InfoNCE`` jointly with the t
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equimodal.config import ModelConfig
 from equimodal.losses.nce import info_nce
-from equimodal.methods.base import ALL_TASKS, Capabilities, Method, MethodConfig
-from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
+from equimodal.methods._shared import PairwiseContrastive
+from equimodal.methods.base import MethodConfig
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
-
-
-@torch.no_grad()
-def feature_dims(model: nn.Module, info: TaskInfo) -> dict[str, int]:
-    """Per-modality feature sizes of ``model.encode``, from one zero batch in eval mode.
-
-    Eval mode keeps normalisation statistics untouched, so the probe changes no state.
-    """
-    net = cast(MultimodalModel, model)
-    was = net.training
-    net.eval()
-    inputs, lengths = {}, {}
-    for name, spec in info.modalities.items():
-        if spec.is_sequence:
-            inputs[name] = torch.zeros(2, int(spec.seq_len or 1), spec.dim)
-            lengths[name] = torch.full((2,), int(spec.seq_len or 1), dtype=torch.long)
-        else:
-            inputs[name] = torch.zeros(2, spec.dim)
-    present = {n: torch.ones(2, dtype=torch.bool) for n in info.modalities}
-    feats = net.encode(Batch(inputs, torch.zeros(2, dtype=torch.long), present, lengths))
-    net.train(was)
-    return {n: int(f.shape[1]) for n, f in feats.items()}
-
-
-class PairwiseContrastive(Method):
-    """Base of cross-modal contrastive methods over all modality pairs.
-
-    For ``M > 2`` modalities the pairwise term is averaged over the ``M (M - 1) / 2``
-    unordered pairs (in the data's modality order). Fusions that cannot be split per
-    modality get linear unimodal heads trained as probes on detached features, so
-    ``ModelOutput.unimodal_logits`` is always filled without changing the encoders' loss.
-    """
-
-    capabilities = Capabilities(tasks=ALL_TASKS, min_modalities=2)
-    family = "objective"
-
-    @classmethod
-    def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
-        """Generic model; unimodal heads are added only where the fusion cannot be split."""
-        return build_multimodal_model(info, replace(model_cfg, unimodal_heads=True))
-
-    def __init__(self, model: nn.Module, info: TaskInfo, cfg: Any) -> None:
-        super().__init__(model, info, cfg)
-        self.names = info.modality_names
-        self.pairs: list[tuple[str, str]] = list(itertools.combinations(self.names, 2))
-        self.dims = feature_dims(model, info)
-
-    @property
-    def net(self) -> MultimodalModel:
-        """The generic network (encoders + fusion)."""
-        return cast(MultimodalModel, self.model)
-
-    def probe_loss(self, batch: Batch, out: ModelOutput) -> Tensor:
-        """Task loss of the unimodal probe heads on detached features (zero without heads)."""
-        heads = self.net.unimodal_heads
-        total = out.logits.new_zeros(())
-        if heads is None:
-            return total
-        for name, head in heads.items():
-            mask = batch.present[name]
-            if bool(mask.any()):
-                logits = head(out.features[name].detach()[mask])
-                total = total + self.task_loss(logits, batch.target[mask])
-        return total
 
 
 @dataclass
@@ -156,7 +89,3 @@ class InfoNCE(PairwiseContrastive):
         loss = task + self.cfg.alpha * nce + self.probe_loss(batch, out)
         return {"loss": loss, "task": task.detach(), "infonce": nce.detach()}
 
-
-def cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise cosine similarity (shared helper)."""
-    return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)

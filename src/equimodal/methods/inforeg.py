@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
 from equimodal.engine.context import StepContext
+from equimodal.methods._shared import UnimodalHeads, encoder_dims
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import UnimodalHeads, encoder_dims
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from equimodal.config import ModelConfig
 from equimodal.engine.context import StepContext
 from equimodal.losses.nce import info_nce
+from equimodal.methods._shared import encoder_dims
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import encoder_dims
 from equimodal.models.multimodal import build_multimodal_model
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo

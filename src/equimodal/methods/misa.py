@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from equimodal.config import ModelConfig
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.mult import check_choices
 from equimodal.models.crossmodal import StackedBiLSTM, masked_pool, modality_masks
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo

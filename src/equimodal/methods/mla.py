@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from equimodal.config import ModelConfig
 from equimodal.engine.context import StepContext
 from equimodal.losses.modulation import entropy_fusion_weights, isolated_grads, owm_update
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
@@ -128,10 +129,8 @@ class MLA(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the config."""
         super().check_task(info, cfg)
-        if cfg.head_projection not in PROJECTIONS:
-            raise ValueError(f"head_projection must be one of {PROJECTIONS}")
-        if cfg.fusion_weighting not in WEIGHTINGS:
-            raise ValueError(f"fusion_weighting must be one of {WEIGHTINGS}")
+        check_choices("mla", cfg, {"head_projection": PROJECTIONS,
+                                   "fusion_weighting": WEIGHTINGS})
 
     @classmethod
     def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
@@ -193,7 +192,7 @@ class MLA(Method):
     def training_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         """One turn per modality: unimodal CE through the shared head, OWM, optimiser step."""
         n_batches = max(1, len(ctx.train_split) // ctx.train.batch_size)
-        alpha = self.cfg.owm_alpha ** (ctx.micro_step / n_batches + 1.0)
+        alpha = self.cfg.owm_alpha ** (ctx.batch_index / n_batches + 1.0)
         logs: dict[str, Tensor] = {}
         for n in self.names:
             mask = batch.present[n].bool()

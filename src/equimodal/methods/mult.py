@@ -12,7 +12,6 @@ residual MLP predicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equimodal.config import ModelConfig
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.models.crossmodal import (
     MulTStreams,
@@ -86,14 +86,6 @@ class MulTConfig(MethodConfig):
     causal: bool = False
     regression_loss: str = "l1"
     targets: tuple[str, ...] | None = None
-
-
-def check_choices(name: str, cfg: Any, choices: Mapping[str, tuple[str, ...]]) -> None:
-    """Raise ``ValueError`` when an enum-valued config field is outside its choices."""
-    for field_name, allowed in choices.items():
-        if getattr(cfg, field_name) not in allowed:
-            raise ValueError(f"{name}: {field_name} must be one of {allowed}, "
-                             f"got {getattr(cfg, field_name)!r}")
 
 
 class MulTNet(nn.Module):

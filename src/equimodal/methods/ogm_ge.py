@@ -20,26 +20,14 @@ the model's ``encoders[m]`` modules (selected as modules, never by parameter nam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from equimodal.config import ModelConfig
-from equimodal.engine.context import StepContext
-from equimodal.losses.modulation import (
-    discrepancy_ratios,
-    isolated_grads,
-    modulate_grads_,
-    ogm_coefficients,
-    true_class_score,
-)
-from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.models.multimodal import MultimodalModel, build_multimodal_model
+from equimodal.methods._shared import GradientModulationBase
+from equimodal.methods.base import MethodConfig
 from equimodal.registry import register_method
-from equimodal.types import Batch, ModelOutput, TaskInfo
-
-PARAM_FILTERS = ("all", "weights")
+from equimodal.types import Batch, ModelOutput
 
 
 @dataclass
@@ -68,106 +56,6 @@ class OGMGEConfig(MethodConfig):
     ratio_minus_one: bool = False
     param_filter: str = "all"
     reference_tie: bool = True
-
-
-class GradientModulationBase(Method):
-    """Shared machinery of OGM-GE and OPM's OGM variant: split-fusion scores, ratios,
-    coefficients and in-place modulation of the encoder modules' gradients."""
-
-    capabilities = Capabilities(tasks=("classification",), min_modalities=2)
-    family = "optimisation"
-
-    coeffs: Tensor
-    ratios: Tensor
-
-    @classmethod
-    def check_task(cls, info: TaskInfo, cfg: Any) -> None:
-        """Also validate the config."""
-        super().check_task(info, cfg)
-        if cfg.param_filter not in PARAM_FILTERS:
-            raise ValueError(f"param_filter must be one of {PARAM_FILTERS}, got "
-                             f"{cfg.param_filter!r}")
-        if cfg.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {cfg.alpha}")
-
-    @classmethod
-    def build_model(cls, info: TaskInfo, model_cfg: ModelConfig, cfg: Any) -> nn.Module:
-        """The generic model; its fusion must give unimodal logits (concat, sum or late)."""
-        model = build_multimodal_model(info, model_cfg)
-        if not model.fusion.splittable:
-            raise ValueError(
-                f"method {cls.name!r} needs a fusion split into per-modality logits "
-                f"(concat, sum, late); got {model_cfg.fusion!r}"
-            )
-        return model
-
-    def __init__(self, model: nn.Module, info: TaskInfo, cfg: Any) -> None:
-        super().__init__(model, info, cfg)
-        self.names = info.modality_names
-        m = len(self.names)
-        # Last step's ratios and coefficients (diagnostics; tests read them).
-        self.register_buffer("coeffs", torch.ones(m))
-        self.register_buffer("ratios", torch.ones(m))
-
-    @property
-    def net(self) -> MultimodalModel:
-        """The wrapped multimodal model."""
-        return cast(MultimodalModel, self.model)
-
-    def encoder_params(self, name: str) -> list[nn.Parameter]:
-        """Trainable parameters of modality ``name``'s encoder module (after ``param_filter``)."""
-        params = [p for p in self.net.encoders[name].parameters() if p.requires_grad]
-        if self.cfg.param_filter == "weights":
-            params = [p for p in params if p.dim() >= 2]
-        return params
-
-    def all_encoder_params(self) -> list[nn.Parameter]:
-        """Encoder parameters of every modality."""
-        return [p for n in self.names for p in self.encoder_params(n)]
-
-    def modulation_active(self, ctx: StepContext) -> bool:
-        """Whether the current epoch lies in the modulation window."""
-        return bool(self.cfg.modulation_starts <= ctx.epoch <= self.cfg.modulation_ends)
-
-    @torch.no_grad()
-    def update_coefficients(self, batch: Batch, out: ModelOutput) -> Tensor:
-        """Scores (Eq. 8), ratios (Eq. 9) and coefficients (Eq. 10) of this batch."""
-        scores = torch.stack([
-            true_class_score(out.unimodal_logits[n], batch.target, batch.present[n])
-            for n in self.names
-        ])
-        ratios = discrepancy_ratios(scores)
-        coeffs = ogm_coefficients(ratios, self.cfg.alpha, self.cfg.ratio_minus_one)
-        self.ratios.copy_(ratios)
-        self.coeffs.copy_(coeffs)
-        return coeffs
-
-    def apply_modulation(self, coeffs: Tensor) -> None:
-        """Scale every encoder's gradients by its coefficient (+ GE noise)."""
-        for i, n in enumerate(self.names):
-            modulate_grads_(self.encoder_params(n), float(coeffs[i]), noise=self.cfg.ge)
-
-    def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
-        """Cross-entropy of the fused logits (the method changes gradients, not the loss)."""
-        return {"loss": self.task_loss(out.logits, batch.target)}
-
-    def on_after_backward(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> None:
-        """OGM(-GE) on the encoder modules' gradients inside the modulation window."""
-        coeffs = self.update_coefficients(batch, out)
-        if self.modulation_active(ctx):
-            self.apply_modulation(coeffs)
-
-    def training_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        """Forward, backward, modulate this micro-batch's encoder gradients, step."""
-        with ctx.autocast():
-            out = self(batch)
-            losses = self.compute_loss(batch, out, ctx)
-        with isolated_grads(self.all_encoder_params()):
-            ctx.backward(losses["loss"])
-            self.on_after_backward(batch, out, ctx)
-        ctx.step()
-        losses.update({f"coeff/{n}": self.coeffs[i].clone() for i, n in enumerate(self.names)})
-        return losses
 
 
 @register_method("ogm_ge")

@@ -35,8 +35,8 @@ from equimodal.losses.modulation import (
     opm_drop_probabilities,
     true_class_score,
 )
+from equimodal.methods._shared import GradientModulationBase, check_choices
 from equimodal.methods.base import MethodConfig
-from equimodal.methods.ogm_ge import GradientModulationBase
 from equimodal.registry import register_method
 from equimodal.types import Batch, TaskInfo
 
@@ -95,8 +95,7 @@ class OPM(GradientModulationBase):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the OPM fields."""
         super().check_task(info, cfg)
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
+        check_choices("opm", cfg, {"variant": VARIANTS})
         for field in ("q_base", "p_exe"):
             if not 0.0 <= getattr(cfg, field) <= 1.0:
                 raise ValueError(f"{field} must be in [0, 1], got {getattr(cfg, field)}")

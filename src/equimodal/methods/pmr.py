@@ -35,6 +35,7 @@ from equimodal.losses.prototypes import (
     prototype_entropy,
     prototype_logits,
 )
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
@@ -100,8 +101,7 @@ class PMR(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the config."""
         super().check_task(info, cfg)
-        if cfg.coef_mode not in COEF_MODES:
-            raise ValueError(f"coef_mode must be one of {COEF_MODES}, got {cfg.coef_mode!r}")
+        check_choices("pmr", cfg, {"coef_mode": COEF_MODES})
         if not 0.0 < cfg.proto_fraction <= 1.0 or not 0.0 <= cfg.momentum <= 1.0:
             raise ValueError("proto_fraction must be in (0, 1] and momentum in [0, 1]")
 

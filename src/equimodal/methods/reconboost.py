@@ -29,8 +29,7 @@ validation epoch.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -44,7 +43,8 @@ from equimodal.models.multimodal import build_encoders
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
-_BOOST = re.compile(r"^boost(\d+)_m(\d+)$")
+BOOST = "boost"
+RECTIFY = "rectify"
 
 
 @dataclass
@@ -159,15 +159,17 @@ class ReconBoost(Method):
         cfg, left, k, out = self.cfg, train.epochs, 0, []
         while left > 0:
             e = min(cfg.boost_epochs, left)
-            out.append(Stage(f"boost{k}_m{k % len(self.names)}", e, groups=("learner",),
-                             select_best=False))
+            m = k % len(self.names)
+            out.append(Stage(f"boost{k}_m{m}", e, groups=("learner",), select_best=False,
+                             key=BOOST, index=m))
             left -= e
             if left > 0 and cfg.rectify_epochs > 0:
                 e = min(cfg.rectify_epochs, left)
-                out.append(Stage(f"rectify{k}", e, groups=("ensemble",), select_best=False))
+                out.append(Stage(f"rectify{k}", e, groups=("ensemble",), select_best=False,
+                                 key=RECTIFY))
                 left -= e
             k += 1
-        out[-1] = Stage(out[-1].name, out[-1].epochs, out[-1].groups, select_best=True)
+        out[-1] = replace(out[-1], select_best=True)
         return out
 
     def _learner_params(self, index: int) -> list[nn.Parameter]:
@@ -177,19 +179,20 @@ class ReconBoost(Method):
 
     def param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
         """``learner``: the boosted modality's encoder and head; ``ensemble``: everything."""
-        match = _BOOST.match(stage.name)
-        if match:
-            return {"learner": self._learner_params(int(match.group(2)))}
+        if stage.key == BOOST and stage.index is not None:
+            return {"learner": self._learner_params(stage.index)}
         return {"ensemble": list(self.parameters())}
 
-    def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
-        """A boosting stage names its learner; the learner joins the ensemble when the
-        following stage starts (the reference adds it between its two phases)."""
+    def on_stage_start(self, stage: Stage, ctx: StepContext, resumed: bool = False) -> None:
+        """A boosting stage names its learner (``stage.index``); the learner joins the
+        ensemble when the following stage starts (the reference adds it between its two
+        phases). A resumed stage keeps the checkpoint's ensemble state."""
+        if resumed:
+            return
         if int(self.current) >= 0:
             self.added[int(self.current)] = True
-        match = _BOOST.match(stage.name)
-        if match:
-            self.current.fill_(int(match.group(2)))
+        if stage.key == BOOST and stage.index is not None:
+            self.current.fill_(stage.index)
 
     def members(self) -> list[str]:
         """Learners in the ensemble, plus the one being boosted."""
@@ -235,10 +238,10 @@ class ReconBoost(Method):
 
     def training_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         """Boosting stages: the reconcilement objective; rectify stages: CE of the ensemble."""
-        match = _BOOST.match(ctx.stage.name)
+        stage = ctx.stage
         with ctx.autocast():
-            if match:
-                losses = self.boost_loss(batch, int(match.group(2)))
+            if stage.key == BOOST and stage.index is not None:
+                losses = self.boost_loss(batch, stage.index)
             else:
                 out = self(batch)
                 losses = {"loss": self.task_loss(out.logits, batch.target)}

@@ -36,7 +36,6 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import split_batches
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
 from equimodal.types import TaskInfo
@@ -169,7 +168,7 @@ class Relearning(Method):
         self.eval()
         feats: dict[str, list[Tensor]] = {n: [] for n in self.names}
         labels: dict[str, list[Tensor]] = {n: [] for n in self.names}
-        for batch in split_batches(split, batch_size):
+        for batch in split.iter_batches(batch_size):
             enc = net.encode(batch)
             for n in self.names:
                 keep = batch.present[n]

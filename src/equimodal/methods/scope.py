@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +42,13 @@ from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.losses.disentangle import REDUCTIONS, similarity_surrogate
 from equimodal.losses.graphs import LAMBDA_MODES, dirichlet_energy, graph_alignment_loss
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import ALL_TASKS, Capabilities, Method, MethodConfig
 from equimodal.methods.scope_modules import (
     FUSIONS,
     GRAPH_FUSIONS,
     ScopeNet,
 )
-from equimodal.presets import PAPER_PRESETS
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
@@ -191,9 +191,6 @@ class Scope(Method):
     capabilities = Capabilities(tasks=ALL_TASKS, min_modalities=2)
     paper = "Yang, Zhang, Hong, Yuan, SCOPE (shared-and-complementary cue preservation)"
     family = "objective"
-    #: The paper's training settings (Sec. 5.1), for ``TrainConfig(**Scope.recommended_train)``:
-    #: the ``scope-paper`` preset (``--preset scope-paper``), its single source.
-    recommended_train: ClassVar[dict[str, Any]] = dict(PAPER_PRESETS["scope-paper"].train)
     # Reference-bank buffers (registered in __init__ when inference uses the bank).
     bank_h: Tensor
     bank_present: Tensor
@@ -207,10 +204,7 @@ class Scope(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate enum and numeric fields."""
         super().check_task(info, cfg)
-        for name, allowed in _CHOICES.items():
-            if getattr(cfg, name) not in allowed:
-                raise ValueError(f"scope: {name} must be one of {allowed}, "
-                                 f"got {getattr(cfg, name)!r}")
+        check_choices("scope", cfg, _CHOICES)
         if cfg.k is not None and cfg.k < 1:
             raise ValueError(f"scope: k must be >= 1 or None, got {cfg.k}")
         if cfg.diffusion_steps < 0 or not 0.0 < cfg.xi < 1.0:
@@ -335,10 +329,13 @@ class Scope(Method):
         self.train(was_training)
 
     @torch.no_grad()
-    def bank_diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, split: MultimodalSplit | None = None) -> dict[str, float]:
         """Dirichlet energy (Appendix C) over the bank's fused graph of the fused features
         before balanced fusion (``dirichlet_in``), of the propagated features ``A~ h``
-        (``dirichlet_prop``) and of the output ``h + A~ h`` (``dirichlet_out``)."""
+        (``dirichlet_prop``) and of the output ``h + A~ h`` (``dirichlet_out``).
+
+        The graph is the reference bank's (built from the training split at each epoch's
+        end), so ``split`` is not read; ``{}`` without a bank."""
         count = int(self.bank_count) if self.uses_bank else 0
         if count < 2:
             return {}
@@ -378,13 +375,6 @@ class Scope(Method):
                     self.loss_mean.mul_(mom).add_((1.0 - mom) * value)
         return parts / self.loss_mean.to(parts.dtype).clamp_min(1e-8)
 
-    def unimodal_loss(self, batch: Batch, out: ModelOutput) -> Tensor:
-        """Task loss of the unimodal heads on the samples that have each modality."""
-        total = out.logits.sum() * 0
-        for name, logit in out.unimodal_logits.items():
-            total = total + self.masked_task_loss(logit, batch.target, batch.present[name])
-        return total
-
     def compute_loss(self, batch: Batch, out: ModelOutput, ctx: StepContext) -> dict[str, Tensor]:
         """``L = phi_dis L_dis + phi_align L_align + phi_pred L_pred`` (+ unimodal probes)."""
         cfg, ex = self.cfg, out.extras
@@ -419,4 +409,4 @@ class Scope(Method):
         if not self.uses_bank:
             return {}
         self.refresh_bank(ctx.train_split, ctx.train.batch_size)
-        return self.bank_diagnostics()
+        return self.diagnostics()

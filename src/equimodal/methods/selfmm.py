@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equimodal.config import ModelConfig
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import Capabilities, Method, MethodConfig, Stage
-from equimodal.methods.mult import check_choices
 from equimodal.models.crossmodal import LastStateLSTM, masked_pool, modality_masks
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -322,9 +322,11 @@ class SelfMM(Method):
         self.update_centres()
 
     # ----- contract -----------------------------------------------------------------------
-    def on_stage_start(self, stage: Stage, ctx: StepContext) -> None:
-        """Initialise the label bank with the training targets (``init_labels``)."""
-        self.init_banks(ctx.train_split.target.to(ctx.device))
+    def on_stage_start(self, stage: Stage, ctx: StepContext, resumed: bool = False) -> None:
+        """Initialise the label bank with the training targets (``init_labels``); a run
+        resumed inside the stage keeps the checkpoint's banks."""
+        if not resumed:
+            self.init_banks(ctx.train_split.target.to(ctx.device))
 
     def unimodal_targets(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Generated labels ``[M, B]`` of the batch and their loss weights ``[M, B]``."""

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from equimodal.config import ModelConfig, TrainConfig
 from equimodal.engine.context import StepContext
-from equimodal.engine.evaluate import predict_split
 from equimodal.losses.consistency import js_divergence
 from equimodal.methods.base import Capabilities, Method, Stage
+from equimodal.methods.inference import predict_split
 from equimodal.methods.udi_modules import (
     GaussianEstimator,
     UDIConfig,
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 UNIMODAL = "unimodal"
 FOLLOWER = "follower_"
+FOLLOWER_KEY = "follower"
 JOINT = "joint"
 FUSION_HEAD = "fusion_head"
 
@@ -86,7 +87,6 @@ class UDI(Method):
     branch_score: Tensor
     branch_entropy: Tensor
     alphas: Tensor
-    prepared: Tensor
     head_ready: Tensor
     follower_best: Tensor
 
@@ -123,7 +123,6 @@ class UDI(Method):
         self.register_buffer("branch_score", torch.full((m,), float("-inf")))
         self.register_buffer("branch_entropy", torch.full((m,), float("inf")))
         self.register_buffer("alphas", torch.tensor([[cfg.alpha_con, cfg.alpha_com]] * m))
-        self.register_buffer("prepared", torch.tensor(-1))
         self.register_buffer("head_ready", torch.tensor(False))
         # Best (key, key) of the current follower stage, see ``follower_selection``.
         self.register_buffer("follower_best", torch.full((2,), float("-inf")))
@@ -171,8 +170,11 @@ class UDI(Method):
     def _branch_groups(self) -> tuple[str, ...]:
         return tuple(f"branch_{i}" for i in range(len(self.names)))
 
-    def _stage_follower(self, stage_name: str) -> int:
-        return int(stage_name[len(FOLLOWER):])
+    @staticmethod
+    def _stage_follower(stage: Stage) -> int:
+        """Position of the stage's follower in the training order (its payload)."""
+        assert stage.index is not None, f"stage {stage.name!r} has no follower"
+        return stage.index
 
     def stages(self, train: TrainConfig) -> list[Stage]:
         """Selection + one stage per follower (or one joint stage) [+ concat head]."""
@@ -187,7 +189,8 @@ class UDI(Method):
                          select_best=not cfg.select_best_branch)]
             # Followers keep their own best epoch (``follower_selection``), not the engine's.
             out += [Stage(f"{FOLLOWER}{k}", pick(cfg.follower_epochs),
-                          groups=("follower", "estimator"), select_best=False)
+                          groups=("follower", "estimator"), select_best=False,
+                          key=FOLLOWER_KEY, index=k)
                     for k in range(1, len(self.names))]
         else:
             out = [Stage(JOINT, e, groups=("main", "estimator"))]
@@ -200,15 +203,15 @@ class UDI(Method):
         stage); ``follower``: the stage's follower; ``estimator``: every ``q_phi``;
         ``fusion_head``: the concat head."""
         est = list(self.estimators.parameters())
-        if stage.name == UNIMODAL:
+        if stage.key == UNIMODAL:
             return {g: self._branch_params([n])
                     for g, n in zip(self._branch_groups(), self.names, strict=True)}
-        if stage.name == JOINT:
+        if stage.key == JOINT:
             return {"main": self._branch_params(self.names), "estimator": est}
-        if stage.name == FUSION_HEAD:
+        if stage.key == FUSION_HEAD:
             assert self.concat_head is not None
             return {"fusion_head": list(self.concat_head.parameters())}
-        follower = self.order_names[self._stage_follower(stage.name)]
+        follower = self.order_names[self._stage_follower(stage)]
         return {"follower": self._branch_params([follower]), "estimator": est}
 
     def group_options(self) -> dict[str, dict[str, float]]:
@@ -257,24 +260,24 @@ class UDI(Method):
                 for g, est in self._pairs(follower, guides)]
         return con, torch.stack(coms).mean()
 
-    def _plan(self, stage_name: str) -> list[tuple[str, list[str]]]:
+    def _plan(self, stage: Stage) -> list[tuple[str, list[str]]]:
         """(follower, guides) pairs trained in this stage, in training order."""
         order = self.order_names
-        if stage_name == JOINT:
+        if stage.key == JOINT:
             return [(order[k], order[:k]) for k in range(1, len(order))]
-        k = self._stage_follower(stage_name)
+        k = self._stage_follower(stage)
         return [(order[k], order[:k])]
 
-    def _cls_names(self, stage_name: str) -> list[str]:
+    def _cls_names(self, stage: Stage) -> list[str]:
         """Branches of the multimodal task loss ``L_cls`` of Eq. 13 (trained so far)."""
-        if not stage_name.startswith(FOLLOWER):
+        if stage.key != FOLLOWER_KEY:
             return list(self.names)
-        return self.order_names[: self._stage_follower(stage_name) + 1]
+        return self.order_names[: self._stage_follower(stage) + 1]
 
     # ----- training -----------------------------------------------------------------------
     def training_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         """Dispatch on the stage: unimodal CEs, follower / joint guidance, concat head."""
-        name = ctx.stage.name
+        name = ctx.stage.key
         if name == UNIMODAL:
             return self._unimodal_step(batch, ctx)
         if name == FUSION_HEAD:
@@ -305,8 +308,8 @@ class UDI(Method):
         return {"loss": loss}
 
     def _guided_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        name = ctx.stage.name
-        plan = self._plan(name)
+        name = ctx.stage.key
+        plan = self._plan(ctx.stage)
         with ctx.autocast():
             out = self(batch)
             nll = self._estimator_nll(out, batch, plan)
@@ -333,23 +336,23 @@ class UDI(Method):
                 logs[f"con{suffix}"], logs[f"com{suffix}"] = con.detach(), com.detach()
         group = "main" if name == JOINT else "follower"
         # ``inputs`` keeps L_com's gradient out of q_phi: phi learns from Eq. 10 only.
-        ctx.backward(loss, inputs=ctx.group_params[group])
+        ctx.backward(loss, inputs=ctx.params(group))
         ctx.step(group)
         return {"loss": loss, **logs}
 
     def _run_controller(self, ctx: StepContext) -> None:
         """Eq. 13-16 on one sampled mini-batch (once per epoch, Sec. 3.3)."""
-        name = ctx.stage.name
+        name = ctx.stage.key
         group = "main" if name == JOINT else "follower"
-        params = ctx.group_params[group]
+        params = ctx.params(group)
         batch = ctx.sample_batch(self.cfg.controller_batch_size)
         with ctx.autocast():
             out = self(batch)
             l_cls = self.task_loss(
-                torch.stack([out.unimodal_logits[n] for n in self._cls_names(name)]).sum(0),
+                torch.stack([out.unimodal_logits[n] for n in self._cls_names(ctx.stage)]).sum(0),
                 batch.target)
         g_cls = ctx.grad(l_cls, params, retain_graph=True)
-        for follower, guides in self._plan(name):
+        for follower, guides in self._plan(ctx.stage):
             with ctx.autocast():
                 con, com = self._guidance(out, batch, follower, guides)
             xi_con = grad_inner(g_cls, ctx.grad(con, params, retain_graph=True))
@@ -358,14 +361,17 @@ class UDI(Method):
             self.alphas[self.names.index(follower)] = torch.stack(weights).detach()
 
     # ----- hooks --------------------------------------------------------------------------
+    def on_stage_start(self, stage: Stage, ctx: StepContext, resumed: bool = False) -> None:
+        """Prepare a fresh stage (restore kept weights, reset a follower); a run resumed
+        inside the stage has the prepared state in its checkpoint already."""
+        if not resumed:
+            self._prepare_stage(stage)
+
     def on_epoch_start(self, ctx: StepContext) -> None:
-        """Prepare a new stage (also after a resume), freeze modes, run the controller."""
-        name = ctx.stage.name
-        if int(self.prepared) != ctx.stage_index:
-            self._prepare_stage(ctx)
-            self.prepared.fill_(ctx.stage_index)
-        if name.startswith(FOLLOWER):
-            active = self.order_names[self._stage_follower(name)]
+        """Freeze modes, run the controller."""
+        name = ctx.stage.key
+        if name == FOLLOWER_KEY:
+            active = self.order_names[self._stage_follower(ctx.stage)]
             # Frozen branches act as fixed teachers: no dropout noise, no statistics updates.
             for n in self.names:
                 if n != active:
@@ -373,8 +379,15 @@ class UDI(Method):
                         mod.eval()
         elif name == FUSION_HEAD:
             self.model.eval()
-        if (name.startswith(FOLLOWER) or name == JOINT) and self.cfg.dynamic_controller:
+        if name in (FOLLOWER_KEY, JOINT) and self.cfg.dynamic_controller:
             self._run_controller(ctx)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        # Weights saved before the engine called on_stage_start(resumed=...) carry the old
+        # "prepared" flag buffer; it is no longer state.
+        state_dict.pop(prefix + "prepared", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _snapshot(self, name: str) -> Tensor:
         buf: Tensor = getattr(self, f"snapshot_{self.names.index(name)}")
@@ -385,8 +398,8 @@ class UDI(Method):
         if torch.isfinite(self.follower_best).all():
             load_flat_state(self._branch(name), self._snapshot(name))
 
-    def _prepare_stage(self, ctx: StepContext) -> None:
-        name = ctx.stage.name
+    def _prepare_stage(self, stage: Stage) -> None:
+        name = stage.key
         order = self.order_names
         if name == FUSION_HEAD:
             if self.cfg.decoupled:
@@ -394,9 +407,9 @@ class UDI(Method):
                 self._restore_follower(order[-1])
             self.head_ready.fill_(True)
             return
-        if not name.startswith(FOLLOWER):
+        if name != FOLLOWER_KEY:
             return
-        k = self._stage_follower(name)
+        k = self._stage_follower(stage)
         if k == 1:
             if self._keep_branch_best:
                 for i, n in enumerate(self.names):
@@ -421,13 +434,13 @@ class UDI(Method):
         fused_logits, uni, target = predict_split(self, split)
         present = {n: split.present[n].cpu() for n in self.names}
         return branch_scores(fused_logits, {n: uni[n] for n in self.names}, target, present,
-                             self._cls_names(ctx.stage.name))
+                             self._cls_names(ctx.stage))
 
     @torch.no_grad()
     def on_epoch_end(self, ctx: StepContext) -> dict[str, float]:
         """Rank branches (selection / joint stage) or keep the follower's best epoch; log
         the controller weights."""
-        name = ctx.stage.name
+        name = ctx.stage.key
         logs: dict[str, float] = {}
         if name == FUSION_HEAD:
             return logs
@@ -446,17 +459,17 @@ class UDI(Method):
                                   self.cfg.tie_tolerance, forced)
             self.order.copy_(torch.tensor(order, device=self.order.device))
             logs["anchor_index"] = float(order[0])
-        if name.startswith(FOLLOWER):
-            follower = self.order_names[self._stage_follower(name)]
+        if name == FOLLOWER_KEY:
+            follower = self.order_names[self._stage_follower(ctx.stage)]
             own = scores[self.names.index(follower)]
             key = (fused, own) if self.cfg.follower_selection == "fused" else (own, fused)
             if key > tuple(self.follower_best.tolist()):
                 self.follower_best.copy_(torch.tensor(key))
                 self._snapshot(follower).copy_(flatten_state(self._branch(follower)))
-            if ctx.stage_epoch == (ctx.stage.epochs or ctx.train.epochs) - 1:
+            if ctx.is_last_epoch:
                 self._restore_follower(follower)
-        if name.startswith(FOLLOWER) or name == JOINT:
-            for follower, _ in self._plan(name):
+        if name in (FOLLOWER_KEY, JOINT):
+            for follower, _ in self._plan(ctx.stage):
                 con, com = self.alpha(follower)
                 suffix = "" if name != JOINT else f"/{follower}"
                 logs[f"alpha_con{suffix}"], logs[f"alpha_com{suffix}"] = con, com

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from equimodal.losses.consistency import predictive_entropy
 from equimodal.losses.mi import club_nll, club_upper_bound, standardize
+from equimodal.methods._shared import check_choices
 from equimodal.methods.base import MethodConfig
 
 
@@ -301,9 +302,7 @@ def validate_config(cfg: Any) -> None:
     choices = {"follower_init": ("reset", "unimodal"), "fusion": ("sum", "concat"),
                "follower_selection": ("fused", "follower"),
                "estimator_inputs": ("standardize", "raw")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"udi: {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    check_choices("udi", cfg, choices)
     for name in ("alpha_con", "alpha_com", "tie_tolerance", "controller_eps"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"udi: {name} must be >= 0, got {getattr(cfg, name)}")

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from equimodal.engine.context import StepContext
 from equimodal.methods.base import Capabilities, Method, MethodConfig
-from equimodal.methods.gblending import split_batches
 from equimodal.models.multimodal import MultimodalModel
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -164,7 +163,7 @@ class Valuation(Method):
         was = self.training
         self.eval()
         table = torch.cat([self.contributions(b) for b in
-                           split_batches(ctx.train_split, ctx.train.batch_size)])
+                           ctx.iter_train()])
         self.train(was)
         self.contrib = table.to(self.ready.device)
         self.ready.fill_(True)

@@ -1,7 +1,7 @@
 """Part-B imbalance baselines vs concat over seeds on imbalanced synthetic data (Python API).
 
 Usage:
-    python benchmarks/compare_baselines_b.py [--seeds 0,1,2] [--epochs 30]
+    python benchmarks/compare_rebalancing_methods.py [--seeds 0,1,2] [--epochs 30]
         [--data '{"strengths": [1.0, 0.35]}']
         [--methods concat,relearning,gblending,cml,lfm,inforeg,valuation,crmt]
         [--method-cfg '{"lfm": {"strategy": "heuristic"}}'] [--threads 1]

@@ -1,7 +1,7 @@
 """Modality-imbalance baselines (part A of issue 8) vs concat over seeds, with the Python API.
 
 Usage:
-    python benchmarks/compare_baselines_a.py [--seeds 0,1,2] [--epochs 30]
+    python benchmarks/compare_gradient_modulation.py [--seeds 0,1,2] [--epochs 30]
         [--data '{"strengths": [1.0, 0.35]}'] [--train '{}']
         [--methods concat,ogm_ge,ogm,agm,pmr,mmpareto,mla,reconboost,greedy,opm,opm_ogm]
         [--json results.json]

@@ -4,9 +4,11 @@ at the shared recipe. Test accuracy, selection on validation only.
 
 Usage::
 
-    python benchmarks/health_b.py --methods concat infobridge --datasets synthetic mfeat \
-        --recipes paper shared --seeds 0 1 2 --out health_b.json
-    python benchmarks/health_b.py --methods infobridge --method-cfg '{"normalize": false}'
+    python benchmarks/health_feature_probe.py --methods concat infobridge \
+        --datasets synthetic mfeat --recipes paper shared --seeds 0 1 2 \
+        --out health_feature_probe.json
+    python benchmarks/health_feature_probe.py --methods infobridge \
+        --method-cfg '{"normalize": false}'
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from equimodal.losses.prototypes import prototype_cross_entropy, prototype_entro
 from equimodal.methods.check import check_method
 from equimodal.methods.mmpareto import combine_pair
 from equimodal.registry import METHODS, load_dataset
-from test_baselines_a import _ctx, _grads, _method  # one helper for both files
+from test_gradient_modulation import _ctx, _grads, _method  # one helper for both files
 
 BASELINES = ["ogm_ge", "agm", "pmr", "mmpareto", "mla", "reconboost", "relearning",
              "gblending", "cml", "lfm", "inforeg", "greedy", "opm", "valuation", "crmt"]

@@ -14,7 +14,7 @@ import torch
 from equimodal.data.dataset import MultimodalData
 from equimodal.methods.mla import owm_update_reference
 from equimodal.methods.pmr import proto_batch_count
-from test_baselines_a import _batch, _ctx, _method
+from test_gradient_modulation import _batch, _ctx, _method
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Run as a module; every number in the dataset cards of ``docs/datasets.md`` / README comes
 from it::
 
-    python -m equimodal.data.cards --datasets avmnist,avmnist-seq,cgmnist,mfeat --seeds 3
+    python -m equimodal.bench.cards --datasets avmnist,avmnist-seq,cgmnist,mfeat --seeds 3
 
 For each dataset preset and seed ``s`` it loads the data with ``seed=s`` (split / pairing /
 colors) and trains, with ``train.seed=s`` and the default model / training settings (or
@@ -93,7 +93,7 @@ def markdown(results: dict[str, dict[str, list[float]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python -m equimodal.data.cards", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m equimodal.bench.cards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="avmnist,avmnist-seq,cgmnist,mfeat",
                    help=f"comma-separated presets among {list(PRESETS)}")
