@@ -233,7 +233,8 @@ def test_consistency_and_complementary_terms_act() -> None:
     assert _follower_gap(pulled, data) < 0.3 * _follower_gap(free, data)
     data = _data(["a", "b"], [1.5, 0.5])
     none = _fit(data, epochs=6, dynamic_controller=False)
-    com = _fit(data, epochs=6, dynamic_controller=False, alpha_com=1.0)
+    # L_com is per feature dimension (estimator_inputs="standardize"): 16 = hidden width.
+    com = _fit(data, epochs=6, dynamic_controller=False, alpha_com=16.0)
     assert com.history[-1]["train/com"] < 0.5 * none.history[-1]["train/com"]
 
 
@@ -355,7 +356,8 @@ def test_controller_is_eq13_16_on_follower_params(monkeypatch: Any) -> None:
     """alphas = ReLU-normalised <grad L_cls, grad L_con/com> over the follower's parameters,
     with L_cls the multimodal (summed-logit) cross-entropy, on the sampled mini-batch."""
     data = _data(["a", "b"], [1.0, 0.5])
-    udi = _fit(data, epochs=2, anchor="a").method  # trained branches and q_phi
+    # Raw estimator inputs (Eq. 8 as printed): this draw aligns both terms (guard below).
+    udi = _fit(data, epochs=2, anchor="a", estimator_inputs="raw").method
     ctx = _follower_ctx(udi, data)
     batch = data.train.batch(torch.arange(40, 80))
     monkeypatch.setattr(ctx, "sample_batch", lambda size=None: batch)
@@ -364,9 +366,9 @@ def test_controller_is_eq13_16_on_follower_params(monkeypatch: Any) -> None:
     params = [p for mod in udi._branch("b") for p in mod.parameters()]
     out = udi(batch)
     za, zb = out.unimodal_logits["a"], out.unimodal_logits["b"]
-    mu, logvar = udi.estimators["0_1"](out.features["a"].detach())
+    com = udi.estimators["0_1"].upper_bound(out.features["a"].detach(), out.features["b"])
     losses = (torch.nn.functional.cross_entropy(za + zb, batch.target),
-              js_divergence(za.detach(), zb), club_upper_bound(out.features["b"], mu, logvar))
+              js_divergence(za.detach(), zb), com)
     g_cls, g_con, g_com = (torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
                            for v in losses)
     assert g_com[-1] is None  # L_com does not reach the head: K_com of Eq. 14 is smaller

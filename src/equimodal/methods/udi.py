@@ -110,7 +110,8 @@ class UDI(Method):
         dims = [cast(nn.Linear, self._heads[n]).in_features for n in self.names]
         # q_phi(f^j | f^i) for every ordered pair: the ranking is only known at run time.
         self.estimators = nn.ModuleDict({
-            f"{i}_{j}": GaussianEstimator(dims[i], dims[j], cfg.estimator_hidden or dims[j])
+            f"{i}_{j}": GaussianEstimator(dims[i], dims[j], cfg.estimator_hidden or dims[j],
+                                          cfg.estimator_inputs)
             for i in range(m) for j in range(m) if i != j
         })
         self.concat_head: nn.Linear | None = (

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from equimodal.losses.consistency import predictive_entropy
-from equimodal.losses.mi import club_nll, club_upper_bound
+from equimodal.losses.mi import club_nll, club_upper_bound, standardize
 from equimodal.methods._shared import check_choices
 from equimodal.methods.base import MethodConfig
 
@@ -48,6 +48,12 @@ class UDIConfig(MethodConfig):
         fusion_head_epochs: Epochs of the ``fusion_head`` stage (``None``: ``train.epochs``).
         estimator_hidden: Hidden width of ``q_phi`` (``None``: the feature width).
         estimator_lr_scale: Learning-rate multiplier of the ``estimator`` group.
+        estimator_inputs: What ``q_phi`` sees in Eq. 8-10: ``standardize`` (default) the
+            anchor and follower features centred per feature and scaled by one batch-wide
+            scale (:func:`~equimodal.losses.mi.standardize`), with ``L_MI`` and ``L_com`` per
+            feature dimension (the logged ``mi_nll`` and ``com`` are then per dimension), or
+            ``raw`` (the printed equations: the encoders' features as they are, sums over
+            dimensions). See :class:`GaussianEstimator` for why ``raw`` diverges on CG-MNIST.
     """
 
     anchor: str | None = None
@@ -67,6 +73,7 @@ class UDIConfig(MethodConfig):
     fusion_head_epochs: int | None = None
     estimator_hidden: int | None = None
     estimator_lr_scale: float = 1.0
+    estimator_inputs: str = "standardize"
 
 
 class GaussianEstimator(nn.Module):
@@ -74,14 +81,39 @@ class GaussianEstimator(nn.Module):
     ``Q_phi`` of Eq. 8-10 (two-layer MLPs as in CLUB; ``logvar`` squashed by ``tanh`` as
     CLUB does, so a dead feature cannot drive the variance, and the NLL, to ``-inf``).
 
+    Reading (``inputs``): Eq. 8-10 apply ``q_phi`` to the raw features and fit it by the NLL
+    summed over the feature dimensions. Under the engine's SGD this diverges on CG-MNIST
+    (convnet4, 512-d): the follower's features grow under the color shortcut, the NLL grows
+    with their square and ``q_phi``'s SGD steps with it. Measured (``raw``, anchor gray, lr
+    1e-2, 3k images): follower feature norm 1.8 -> 28 and ``L_MI`` 215 -> 1,090 within 50
+    follower steps, ``q_phi``'s weight norm 29 -> 146 (the 10-epoch lr 1e-3 suite run: ``L_MI``
+    223 -> 2,243, non-finite at follower epoch 5). Eq. 8 is also unbounded below in the
+    follower's scale for a fixed ``q_phi`` (about ``sum_d exp(-logvar_d) cov(mu_d, y_d)``).
+    ``standardize`` (default) fits and evaluates ``q_phi`` on per-feature batch-standardised
+    ``x`` and ``y`` (MI is invariant to per-feature affine maps; the bound no longer depends on
+    either side's scale; the ``tanh``-bounded log-variances match unit-variance targets) and
+    trains it on the NLL divided by the target width (same minimiser as Eq. 10; the step no
+    longer grows with the width: standardised inputs with the summed NLL still diverged, weight
+    norm 26 -> 1.8e16 and non-finite at follower step 8). Measured in the same run: ``L_MI``
+    1.4 -> 1.3 per dimension, weight norm constant (26.1) over 180 steps. ``L_com`` is also
+    taken per dimension: summed over 512 normalised dimensions it was 30-250 (raw features
+    gave 0.1-0.4 at the start), and once the controller set ``alpha_com`` ~ 1 a fresh gray
+    follower (color anchor, lr 0.02) blew up in 3 steps (feature norm 8 -> 355, non-finite at
+    step 10); per dimension, resumed from the same checkpoint, it trained (CE 2.31 -> 0.23
+    in 200 steps, ``L_com`` 0-0.5, feature norm 2-11). ``raw`` keeps the printed form.
+
     Args:
         x_dim: Size of the conditioning (anchor / guide) features.
         y_dim: Size of the predicted (follower) features.
         hidden: Width of the hidden layers.
+        inputs: ``standardize`` (default) or ``raw`` (the printed equations).
     """
 
-    def __init__(self, x_dim: int, y_dim: int, hidden: int) -> None:
+    def __init__(self, x_dim: int, y_dim: int, hidden: int, inputs: str = "standardize") -> None:
         super().__init__()
+        if inputs not in ("standardize", "raw"):
+            raise ValueError(f"inputs must be 'standardize' or 'raw', got {inputs!r}")
+        self.inputs = inputs
         self.mu = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim))
         self.logvar = nn.Sequential(
             nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, y_dim), nn.Tanh()
@@ -91,15 +123,29 @@ class GaussianEstimator(nn.Module):
         """Mean and log-variance ``[N, y_dim]`` of ``q_phi(. | x)``."""
         return self.mu(x), self.logvar(x)
 
+    def _prepare(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Select the ``mask`` rows, then standardise both sides (``inputs="standardize"``)."""
+        if mask is not None:
+            x, y = x[mask], y[mask]
+        if self.inputs == "standardize" and x.shape[0] > 1:
+            x, y = standardize(x), standardize(y)
+        return x, y
+
     def nll(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """``L_MI`` of Eq. 10 (detach ``x`` and ``y`` to train ``phi`` only)."""
+        x, y = self._prepare(x, y, mask)
         mu, logvar = self(x)
-        return club_nll(y, mu, logvar, mask)
+        nll = club_nll(y, mu, logvar)
+        # Same minimiser as Eq. 10; the step no longer grows with the feature width.
+        return nll / y.shape[-1] if self.inputs == "standardize" else nll
 
     def upper_bound(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """``I_v(x; y)`` of Eq. 8 with this ``q_phi``."""
+        x, y = self._prepare(x, y, mask)
         mu, logvar = self(x)
-        return club_upper_bound(y, mu, logvar, mask)
+        bound = club_upper_bound(y, mu, logvar)
+        # Per dimension on normalised features: the printed sum's scale on raw features.
+        return bound / y.shape[-1] if self.inputs == "standardize" else bound
 
 
 def rank_branches(
@@ -254,7 +300,8 @@ def load_flat_state(modules: Sequence[nn.Module], flat: Tensor) -> None:
 def validate_config(cfg: Any) -> None:
     """Raise ``ValueError`` naming the field for an invalid ``UDIConfig``."""
     choices = {"follower_init": ("reset", "unimodal"), "fusion": ("sum", "concat"),
-               "follower_selection": ("fused", "follower")}
+               "follower_selection": ("fused", "follower"),
+               "estimator_inputs": ("standardize", "raw")}
     check_choices("udi", cfg, choices)
     for name in ("alpha_con", "alpha_com", "tie_tolerance", "controller_eps"):
         if getattr(cfg, name) < 0:
