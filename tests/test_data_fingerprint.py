@@ -128,3 +128,45 @@ def test_builtin_fingerprint_is_stable_and_content_sensitive(monkeypatch: Any) -
     x[101, 3] += 1e-6  # a row the sampling skips
     assert fpmod.tensor_digest(x) != before
     assert fpmod.tensor_digest(x.clone()) == fpmod.tensor_digest(x)
+
+
+def _pretend_trained_under_other_default(run: Path) -> None:
+    """Rewrite ``method.json`` as if a default (here concat's regression loss) had differed."""
+    settings = json.loads((run / fpmod.SETTINGS_FILE).read_text())
+    assert settings["config"]["regression_loss"] == "l1"  # concat's current default
+    settings["config"]["regression_loss"] = "mse"
+    (run / fpmod.SETTINGS_FILE).write_text(json.dumps(settings))
+
+
+def test_changed_method_default_is_not_answered_with_stale_metrics(tmp_path: Path) -> None:
+    cfg = RunConfig("concat", "synthetic", data={"n_train": 48, "n_valid": 24, "n_test": 24},
+                    train=TrainConfig(epochs=1, progress=False))
+    run = tmp_path / "run"
+    fit(cfg, run)
+    assert fpmod.settings_changed(run, "concat", {}) == []
+    assert fpmod.settings_changed(run, "concat", {"regression_loss": "mse"}) == [
+        "regression_loss"]
+    _pretend_trained_under_other_default(run)
+    with pytest.raises(DataChangedError, match="defaults of method 'concat' changed"):
+        fit(cfg, run)
+    fit(cfg, run, on_data_change="retrain")
+    assert fpmod.settings_changed(run, "concat", {}) == []  # rewritten by the retraining
+
+
+def test_bench_retrains_a_grid_point_whose_method_default_changed(tmp_path: Path) -> None:
+    from equimodal.bench.runner import pending
+    from equimodal.bench.store import ResultStore
+    from equimodal.bench.suite import expand, suite_from_dict
+
+    suite = suite_from_dict({"methods": ["concat"], "seeds": [0], "train": {"epochs": 1},
+                             "datasets": [{"name": "synthetic", "kwargs": {"n_train": 48}}]})
+    (point,) = expand(suite, ["concat"])
+    spec = JobSpec(point.run_id, point.cfg.to_dict(), point.label,
+                   str(tmp_path / "runs" / point.folder))
+    store = ResultStore(tmp_path / "results.db")
+    store.upsert(run_job(spec))
+    assert pending([point], store, tmp_path / "runs", robustness=False) == ([], 1)
+    _pretend_trained_under_other_default(Path(spec.run_dir))
+    assert pending([point], store, tmp_path / "runs", robustness=False) == ([point], 0)
+    again = run_job(spec)
+    assert again["status"] == "finished" and not again["reused"], again["reason"]

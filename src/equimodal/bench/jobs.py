@@ -144,14 +144,16 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             record.update(status=SKIPPED, reason=str(err))
             return record
         from equimodal.engine import fit
-        from equimodal.engine.fingerprint import files_changed
+        from equimodal.engine.fingerprint import files_changed, settings_changed
 
         run_dir = Path(spec.run_dir)
-        stale = bool(files_changed(run_dir, cfg.data))
+        stale = bool(files_changed(run_dir, cfg.data)
+                     or settings_changed(run_dir, cfg.method, cfg.method_cfg))
         resumed = (run_dir / "last.pt").exists() and not stale
         reused = (run_dir / "metrics.json").exists() and not stale
-        # A run is keyed on its config and its data (data.json): when the data changed
-        # since it was trained, the grid point is retrained rather than its results reused.
+        # A run is keyed on its config, its data (data.json) and its method's resolved
+        # settings (method.json): when either changed since it was trained, the grid point
+        # is retrained rather than its results reused.
         result = fit(cfg, run_dir, data=data, resume=True, on_data_change="retrain")
         record.update(
             status=FINISHED,

@@ -83,14 +83,17 @@ def pending(points: Sequence[GridPoint], store: ResultStore, runs_dir: Path,
     interrupted runs resume from ``last.pt``, failed and skipped runs are tried again
     (skips are cheap).
     """
-    from equimodal.engine.fingerprint import files_changed
+    from equimodal.engine.fingerprint import files_changed, settings_changed
 
     status = store.status_map()
     todo, done = [], 0
     for p in points:
         state, has_rob = status.get(p.run_id, ("", False))
-        complete = (runs_dir / p.folder / "metrics.json").exists() and not files_changed(
-            runs_dir / p.folder, p.cfg.data)  # data files edited since: train it again
+        run_dir = runs_dir / p.folder
+        # Data files edited, or the method's defaults changed, since: train it again.
+        complete = ((run_dir / "metrics.json").exists()
+                    and not files_changed(run_dir, p.cfg.data)
+                    and not settings_changed(run_dir, p.cfg.method, p.cfg.method_cfg))
         if state == FINISHED and complete and (has_rob or not robustness):
             done += 1
         else:

@@ -196,3 +196,50 @@ def check_data(run_dir: Path, fingerprint: Mapping[str, Any], hint: str) -> None
 def save_fingerprint(run_dir: Path, fingerprint: Mapping[str, Any]) -> None:
     """Write ``run_dir/data.json`` (atomically)."""
     write_json(dict(fingerprint), Path(run_dir) / DATA_FILE)
+
+
+# ----- method settings: defaults that changed since a run was trained -----------------------
+SETTINGS_FILE = "method.json"
+
+
+def method_settings(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field of ``method``'s ``Config`` (defaults plus ``overrides``), JSON-normalised.
+
+    A run folder is addressed by the overrides only (so that a new config field does not
+    rename every run), which means a changed *default* would silently reuse results trained
+    under the old one. This is what ``<run>/method.json`` records to catch that.
+    """
+    import dataclasses
+
+    from equimodal.config import build_dataclass
+    from equimodal.registry import METHODS
+
+    cfg = build_dataclass(METHODS.get(method).Config, dict(overrides), where=f"method {method!r}")
+    resolved = json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str))
+    return {"method": method, "config": resolved}
+
+
+def settings_changed(run_dir: str | Path, method: str, overrides: Mapping[str, Any]) -> list[str]:
+    """Method config fields whose value differs from what ``run_dir`` was trained with.
+
+    Returns ``[]`` when the run has no ``method.json`` (trained before it existed), or when
+    the method or its settings cannot be resolved (the run itself will report that).
+    """
+    path = Path(run_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return []
+    try:
+        stored = read_run_json(path).get("config") or {}
+        current = method_settings(method, overrides)["config"]
+    except Exception:  # noqa: BLE001 - unreadable or unresolvable: nothing to compare
+        return []
+    return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+
+def save_settings(run_dir: Path, method: str, overrides: Mapping[str, Any]) -> None:
+    """Write ``run_dir/method.json`` (atomically); skipped when the method does not resolve."""
+    try:
+        settings = method_settings(method, overrides)
+    except Exception:  # noqa: BLE001 - create_method raises the user-facing error later
+        return
+    write_json(settings, Path(run_dir) / SETTINGS_FILE)

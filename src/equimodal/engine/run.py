@@ -20,6 +20,8 @@ from equimodal.engine.fingerprint import (
     check_data,
     data_fingerprint,
     save_fingerprint,
+    save_settings,
+    settings_changed,
 )
 from equimodal.engine.seeding import seed_everything
 from equimodal.engine.trainer import RunResult, Trainer, load_weights
@@ -96,6 +98,17 @@ def prepare_run_dir(
                 raise
             log.warning("%s; retraining", str(err).split("; retrain")[0])
             resume = False
+    if resume and (finished or (run_path / "last.pt").exists()):
+        # The folder name hashes the overrides only: a default changed since (a fixed reading
+        # of a paper, say) would otherwise reuse results trained under the old one.
+        changed = settings_changed(run_path, cfg.method, cfg.method_cfg)
+        if changed:
+            msg = (f"{run_path}: the defaults of method {cfg.method!r} changed since this run "
+                   f"was trained ({', '.join(changed[:4])})")
+            if on_data_change == "error":
+                raise DataChangedError(f"{msg}; {RETRAIN_HINT}")
+            log.warning("%s; retraining", msg)
+            resume = False
     if resume and finished:
         return data, True, True
     if write:
@@ -104,6 +117,7 @@ def prepare_run_dir(
                 (run_path / name).unlink(missing_ok=True)
         run_path.mkdir(parents=True, exist_ok=True)
         save_fingerprint(run_path, fp)
+        save_settings(run_path, cfg.method, cfg.method_cfg)
     return data, resume, False
 
 
