@@ -1,0 +1,1 @@
+"""Tests that kill mutmut survivors (issue 18; docs/mutation.md)."""
