@@ -1,1 +1,196 @@
-"""Tests that kill mutmut survivors (issue 18; docs/mutation.md)."""
+"""Tests that kill mutmut survivors in ``losses/energy.py`` and ``losses/distill.py``
+(issue 18; docs/mutation.md). Each test checks a closed form or a direction on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Laplace
+
+from equimodal.losses.distill import (
+    FAMILIES,
+    categorical_kl,
+    categorical_variance,
+    fit_temperature,
+    regression_entropy,
+    regression_scale_nll,
+    regression_variance,
+    trust_weights,
+    weighted_distillation,
+)
+from equimodal.losses.energy import (
+    categorical_entropy,
+    energy_gap_loss,
+    energy_gradient_penalty,
+    masked_mean,
+    modality_energy,
+    squared_norm,
+)
+
+# ----- energy.py --------------------------------------------------------------------------------
+
+
+def test_squared_norm_flattens_trailing_dims_and_reduces_by_sum_or_mean() -> None:
+    z = torch.arange(12.0).reshape(2, 2, 3)
+    flat = z.reshape(2, 6)
+    assert torch.equal(squared_norm(z), (flat**2).sum(1))  # default is the paper's sum
+    assert torch.allclose(squared_norm(z, "mean"), (flat**2).sum(1) / 6)
+    with pytest.raises(ValueError, match="reduction"):
+        squared_norm(z, "max")
+
+
+def test_categorical_entropy_matches_torch_at_a_temperature() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    want = Categorical(logits=logits / 2.5).entropy()
+    assert torch.allclose(categorical_entropy(logits, temperature=2.5), want)
+    assert torch.allclose(categorical_entropy(logits), Categorical(logits=logits).entropy())
+    assert bool((categorical_entropy(logits) > 0).all())
+
+
+def test_modality_energy_defaults_and_single_terms() -> None:
+    z = torch.tensor([[1.0, 2.0], [0.0, 3.0]])  # ||z||^2 = 5, 9
+    loss = torch.tensor([0.5, 2.0])
+    unc = torch.tensor([0.25, 4.0])
+    assert torch.allclose(modality_energy(z, loss, unc), torch.tensor([5.75, 15.0]))
+    assert torch.allclose(modality_energy(z, None, None), torch.tensor([5.0, 9.0]))
+    assert torch.allclose(modality_energy(None, loss, None, beta=3.0), 3.0 * loss)
+    assert torch.allclose(modality_energy(None, None, unc, gamma=0.5), 0.5 * unc)
+    assert torch.allclose(modality_energy(None, loss, unc, beta=2.0, gamma=3.0), 2 * loss + 3 * unc)
+    with pytest.raises(ValueError, match="at least one term"):
+        modality_energy(None, None, None)
+
+
+def test_masked_mean_over_mask_and_zero_for_an_empty_mask() -> None:
+    x = torch.tensor([1.0, 2.0, 6.0])
+    assert float(masked_mean(x)) == pytest.approx(3.0)
+    assert float(masked_mean(x, torch.tensor([True, False, True]))) == pytest.approx(3.5)
+    assert float(masked_mean(x, torch.tensor([False, False, True]))) == pytest.approx(6.0)
+    assert float(masked_mean(x, torch.zeros(3, dtype=torch.bool))) == 0.0
+
+
+def test_energy_gap_two_and_one_modalities() -> None:
+    assert float(energy_gap_loss(torch.tensor([1.0, 4.0]))) == pytest.approx(9.0)
+    assert float(energy_gap_loss(torch.tensor([3.0, 1.0, 1.0]))) == pytest.approx(8.0)
+    assert float(energy_gap_loss(torch.tensor([3.0]))) == 0.0
+    with pytest.raises(ValueError, match=r"\[M\]"):
+        energy_gap_loss(torch.ones(2, 2))
+
+
+def test_gradient_penalty_tensor_input_defaults_to_a_differentiable_result() -> None:
+    z = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)
+    e = (z**2).sum(1) * 1.5  # de/dz = 3 z, ||.||^2 = 9 ||z||^2
+    (g,) = energy_gradient_penalty(e, z)
+    assert torch.allclose(g, 9.0 * (z.detach() ** 2).sum(1))
+    assert g.requires_grad  # create_graph defaults to True (Eq. 40's double backprop)
+    (dg,) = torch.autograd.grad(g.sum(), z)
+    assert torch.allclose(dg, 18.0 * z.detach())
+
+
+def test_gradient_penalty_per_modality_flattens_and_gives_zero_for_unused() -> None:
+    z1 = torch.arange(12.0).reshape(2, 2, 3).requires_grad_(True)
+    z2 = torch.tensor([[1.0, -2.0], [0.5, 0.0]], requires_grad=True)
+    z3 = torch.ones(2, 4, requires_grad=True)
+    e1 = (z1**2).reshape(2, -1).sum(1)  # grad 2 z1
+    e2 = (z2**3).sum(1)  # grad 3 z2^2
+    e3 = torch.zeros(2, requires_grad=True)  # does not depend on z3
+    g1, g2, g3 = energy_gradient_penalty([e1, e2, e3], [z1, z2, z3], create_graph=False)
+    assert torch.allclose(g1, 4.0 * (z1.detach().reshape(2, -1) ** 2).sum(1))
+    assert torch.allclose(g2, 9.0 * (z2.detach() ** 4).sum(1))
+    assert torch.equal(g3, torch.zeros(2))
+    assert not g1.requires_grad
+    with pytest.raises(ValueError, match="energies for"):
+        energy_gradient_penalty([e1, e2], [z1])
+
+
+def test_entropy_is_log_c_at_uniform() -> None:
+    assert torch.allclose(categorical_entropy(torch.zeros(1, 4)), torch.tensor([math.log(4.0)]))
+
+
+# ----- distill.py -------------------------------------------------------------------------------
+
+
+def test_categorical_variance_at_a_temperature() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    p = torch.softmax(logits / 3.0, -1)
+    assert torch.allclose(categorical_variance(logits, 3.0), (p * (1 - p)).sum(-1))
+    assert torch.allclose(categorical_variance(logits)[1], torch.tensor(2.0 / 3.0))
+
+
+def test_regression_helpers_default_to_laplace_and_reject_unknown_families() -> None:
+    log_s = torch.tensor([0.0, math.log(2.0)])
+    lap = Laplace(torch.zeros(2), log_s.exp())
+    assert torch.allclose(regression_variance(log_s), lap.variance)
+    assert torch.allclose(regression_entropy(log_s), lap.entropy())
+    mean, y = torch.tensor([0.5, -1.0]), torch.tensor([1.5, 1.0])
+    assert torch.allclose(regression_scale_nll(mean, log_s, y), -lap.log_prob(y - mean))
+    for fn in (regression_variance, regression_entropy):
+        with pytest.raises(ValueError, match="family"):
+            fn(log_s, "cauchy")
+    with pytest.raises(ValueError, match="family"):
+        regression_scale_nll(mean, log_s, y, "cauchy")
+
+
+def test_scale_nll_does_not_train_the_mean() -> None:
+    mean = torch.tensor([0.5, -1.0], requires_grad=True)
+    log_s = torch.tensor([0.1, -0.2], requires_grad=True)
+    y = torch.tensor([1.5, 1.0])
+    for family in FAMILIES:
+        regression_scale_nll(mean, log_s, y, family).sum().backward()
+        assert mean.grad is None
+        assert log_s.grad is not None and bool((log_s.grad != 0).all())
+        log_s.grad = None
+
+
+def test_fit_temperature_grid_ends_and_spacing() -> None:
+    y = torch.tensor([0, 1])
+    right = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert fit_temperature(right, y) == pytest.approx(0.02)
+    # Always wrong: the flattest softmax (largest temperature) is best.
+    assert fit_temperature(-right, y) == pytest.approx(50.0)
+    # An interior optimum lands on the 121-point log grid between 0.02 and 50.
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    t = torch.tensor([0, 1, 1])
+    s = fit_temperature(z, t)
+    grid = torch.logspace(math.log10(0.02), math.log10(50.0), 121)
+    nll = torch.stack([torch.nn.functional.cross_entropy(z / g, t) for g in grid])
+    assert s == pytest.approx(float(grid[int(nll.argmin())]), rel=1e-6)
+    assert 0.02 < s < 50.0
+
+
+def test_categorical_kl_at_a_temperature() -> None:
+    p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    ps, qs = (p / 2.0).softmax(-1), (q / 2.0).softmax(-1)
+    want = (ps * (ps.log() - qs.log())).sum(-1)
+    assert torch.allclose(categorical_kl(p, q, 2.0), want)
+    assert float(categorical_kl(p, p)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_trust_weights_default_offset_floor_and_absent_rows() -> None:
+    sigma = torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.2, 0.3]])
+    spread = torch.tensor([[1.0, 3.0], [0.0, 1.0], [1.0, 1.0]])
+    # Default offset 0, floor 1e-6: rho = 1 / max(log(1 + spread), 1e-6).
+    rho = 1.0 / torch.log1p(spread).clamp_min(1e-6)
+    raw = torch.exp(-sigma) * rho
+    assert torch.allclose(trust_weights(sigma, spread), raw / raw.sum(1, keepdim=True))
+    # A zero spread is floored at 1e-6, not at a larger value: its weight is ~1.
+    assert float(trust_weights(sigma, spread)[1, 0]) > 0.999
+    present = torch.tensor([[True, True], [False, True], [False, False]])
+    w = trust_weights(sigma, spread, present)
+    assert torch.allclose(w[0], raw[0] / raw[0].sum())
+    assert torch.equal(w[1], torch.tensor([0.0, 1.0]))
+    assert torch.equal(w[2], torch.zeros(2))
+    # Negative spreads count as zero.
+    floored = trust_weights(sigma, -spread.abs() - 1.0)
+    assert torch.allclose(floored, torch.softmax(-sigma, 1))
+
+
+def test_weighted_distillation_closed_form_with_constant_weights() -> None:
+    div = torch.tensor([[1.0, 2.0], [3.0, 5.0]], requires_grad=True)
+    w = torch.tensor([[0.25, 0.75], [0.5, 0.5]], requires_grad=True)
+    loss = weighted_distillation(div, w)
+    assert float(loss.detach()) == pytest.approx(((0.25 + 1.5) + (1.5 + 2.5)) / 2)
+    loss.backward()
+    assert w.grad is None
+    assert div.grad is not None and torch.allclose(div.grad, w.detach() / 2)
