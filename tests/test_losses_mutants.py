@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Laplace
 
+from equimodal.losses.consistency import js_divergence, predictive_entropy
 from equimodal.losses.distill import (
     FAMILIES,
     categorical_kl,
@@ -28,6 +29,8 @@ from equimodal.losses.energy import (
     modality_energy,
     squared_norm,
 )
+from equimodal.losses.supcon import regression_bins, supcon_loss
+from equimodal.losses.task import task_loss
 
 # ----- energy.py --------------------------------------------------------------------------------
 
@@ -194,3 +197,88 @@ def test_weighted_distillation_closed_form_with_constant_weights() -> None:
     loss.backward()
     assert w.grad is None
     assert div.grad is not None and torch.allclose(div.grad, w.detach() / 2)
+
+
+# ----- consistency.py, supcon.py, task.py -------------------------------------------------------
+
+
+def test_js_divergence_closed_form_reductions_mask_and_empty_rows() -> None:
+    p = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [1.0, 3.0, 0.0]])
+    q = torch.tensor([[0.0, 1.0, 0.0], [5.0, -5.0, 0.0], [1.0, 3.0, 0.0]])
+    ps, qs = p.softmax(-1), q.softmax(-1)
+    h = 0.5 * (ps + qs)
+    want = 0.5 * (ps * (ps / h).log()).sum(-1) + 0.5 * (qs * (qs / h).log()).sum(-1)
+    assert torch.allclose(js_divergence(p, q, reduction="none"), want, atol=1e-6)
+    assert float(js_divergence(p, q)) == pytest.approx(float(want.mean()), rel=1e-5)
+    assert float(js_divergence(p, q, reduction="sum")) == pytest.approx(float(want.sum()), rel=1e-5)
+    mask = torch.tensor([True, False, True])
+    assert float(js_divergence(p, q, mask)) == pytest.approx(float(want[mask].mean()), rel=1e-5)
+    pg = p.clone().requires_grad_(True)
+    empty = js_divergence(pg, q, torch.zeros(3, dtype=torch.bool))
+    assert float(empty.detach()) == 0.0
+    empty.backward()
+    assert pg.grad is not None and torch.equal(pg.grad, torch.zeros_like(p))
+    with pytest.raises(ValueError, match="reduction must be"):
+        js_divergence(p, q, reduction="max")
+
+
+def test_predictive_entropy_closed_form() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(predictive_entropy(logits), Categorical(logits=logits).entropy())
+
+
+def test_regression_bins_defaults_and_range() -> None:
+    t = torch.tensor([-5.0, -3.0, -0.4, 0.0, 0.6, 2.6, 3.0, 9.0])
+    assert regression_bins(t).tolist() == [0, 0, 3, 3, 4, 6, 6, 6]
+    assert regression_bins(torch.tensor([0.0, 0.49, 1.0]), 3, 0.0, 1.0).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="n_bins"):
+        regression_bins(t, 1)
+
+
+def _supcon_reference(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    b, terms = z.shape[0], []
+    for i in range(b):
+        others = [a for a in range(b) if a != i]
+        denom = torch.logsumexp(torch.stack([z[i] @ z[a] / tau for a in others]), 0)
+        pos = [p for p in others if labels[p] == labels[i]]
+        if pos:
+            terms.append(-torch.stack([z[i] @ z[p] / tau - denom for p in pos]).mean())
+    return torch.stack(terms).mean()
+
+
+def test_supcon_loss_against_the_definition() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(6, 3, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])  # sample 5 has no positive
+    zn = torch.nn.functional.normalize(f, dim=-1)
+    assert float(supcon_loss(f, labels)) == pytest.approx(
+        float(_supcon_reference(zn, labels, 0.1)), rel=1e-5)
+    assert float(supcon_loss(f, labels, 0.5, normalize=False)) == pytest.approx(
+        float(_supcon_reference(f, labels, 0.5)), rel=1e-5)
+    fg = f.clone().requires_grad_(True)
+    none = supcon_loss(fg, torch.arange(6))
+    assert float(none.detach()) == 0.0
+    none.backward()
+    assert fg.grad is not None and torch.equal(fg.grad, torch.zeros_like(f))
+
+
+def test_task_loss_kinds_and_reductions() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert torch.allclose(task_loss(logits, y, "classification", reduction="none"), ce)
+    assert float(task_loss(logits, y, "classification")) == pytest.approx(float(ce.mean()))
+    pred = torch.tensor([[0.5], [2.0], [-1.0]])
+    t = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    assert float(task_loss(pred, t, "regression")) == pytest.approx((0.5 + 1.0 + 2.0) / 3)
+    mse = task_loss(pred, t, "regression", "mse", "none")
+    assert mse.dtype == torch.float32 and mse.tolist() == [0.25, 1.0, 4.0]
+    assert float(task_loss(pred, t, "regression", reduction="sum")) == pytest.approx(3.5)
+    ml = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    multi = torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    per = torch.nn.functional.binary_cross_entropy_with_logits(ml, multi.float(), reduction="none")
+    got = task_loss(ml, multi, "multilabel", reduction="none")
+    assert got.dtype == torch.float32 and torch.allclose(got, per.mean(1))
+    assert float(task_loss(ml, multi, "multilabel")) == pytest.approx(float(per.mean()))
+    assert float(task_loss(ml, multi, "multilabel", reduction="sum")) == pytest.approx(
+        float(per.sum()))

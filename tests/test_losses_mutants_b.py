@@ -11,18 +11,24 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 from equimodal.losses.cmi import (
+    assign_clusters,
     conditional_nce_objective,
     kmeans_plusplus,
     nce_mi_lower_bound,
     quantize_similarity,
 )
-from equimodal.losses.disentangle import cosine_similarity_matrix
+from equimodal.losses.disentangle import cosine_similarity_matrix, similarity_surrogate
 from equimodal.losses.graphs import (
+    closed_form_weights,
+    diffusion_coefficients,
     diffusion_matrix,
     exact_weights,
+    graph_alignment_loss,
     knn,
     lambda_bounds,
+    masked_softmax,
     semantic_graph,
+    semantic_graph_from_dists,
 )
 from equimodal.losses.mi import (
     club_nll,
@@ -226,3 +232,80 @@ def test_cosine_similarity_matrix_is_pairwise_cosine_of_rows() -> None:
     got = cosine_similarity_matrix(a, b)
     assert got.shape == (2, 3)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_closed_form_weights_ignore_masked_entries() -> None:
+    f = torch.tensor([[1.0, 1.5, 0.2, 2.0]], dtype=torch.float64)
+    valid = torch.tensor([[True, True, False, True]])
+    g = closed_form_weights(f, valid)
+    assert float(g[0, 2]) == 0.0
+    assert torch.allclose(g[0, [0, 1, 3]], closed_form_weights(f[:, [0, 1, 3]])[0])
+
+
+def test_graph_alignment_of_a_single_modality_is_zero() -> None:
+    g = torch.rand(1, 4, 4)
+    assert float(graph_alignment_loss(g)) == 0.0
+
+
+def test_assign_clusters_is_nearest_centroid() -> None:
+    x = torch.tensor([[1.0, 0.0], [1.9, 0.1], [-5.0, 0.0]])
+    c = torch.tensor([[0.9, 0.0], [2.0, 0.0], [-4.0, 1.0]])
+    assert assign_clusters(x, c).tolist() == [0, 1, 2]
+
+
+def test_club_single_selected_row_and_single_feature() -> None:
+    y, mu, logvar = _club_inputs()
+    one = torch.tensor([False, False, True, False, False])
+    ll = Normal(mu[2], (0.5 * logvar[2]).exp()).log_prob(y[2]).sum()
+    assert float(club_nll(y, mu, logvar, one)) == pytest.approx(float(-ll), rel=1e-5)
+    d1 = club_upper_bound(y[:, :1], mu[:, :1], logvar[:, :1])
+    assert float(d1) == pytest.approx(
+        float(club_upper_bound_pairwise(y[:, :1], mu[:, :1], logvar[:, :1])), rel=1e-5)
+    assert abs(float(d1)) > 1e-3
+
+
+def test_similarity_surrogate_rejects_unknown_reductions() -> None:
+    with pytest.raises(ValueError, match="reduction"):
+        similarity_surrogate(torch.ones(2, 3, 4), reduction="max")
+
+
+def test_semantic_graph_from_dists_defaults_single_neighbour_and_short_rows() -> None:
+    d = torch.tensor([[0.0, 1.0, 4.0, 2.0], [1.0, 0.0, 3.0, 5.0], [4.0, 3.0, 0.0, 1.0]])
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    valid[:, :3] &= ~torch.eye(3, dtype=torch.bool)
+    g = semantic_graph_from_dists(d, 2, valid)  # default: Theorem 1's lower bound
+    idx, f, kept = knn(d, 2, valid)
+    want = torch.zeros(3, 4).scatter(1, idx, closed_form_weights(f, kept))
+    assert torch.allclose(g, want)
+    one = semantic_graph_from_dists(d, 1, valid)
+    assert one.tolist() == [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]
+    short = valid.clone()
+    short[0] = torch.tensor([False, True, False, False])  # row 0: one candidate for k = 3
+    for lam in ("lower_bound", "exact"):
+        gs = semantic_graph_from_dists(d, 3, short, lam)
+        assert gs[0].tolist() == [0.0, 1.0, 0.0, 0.0]
+        assert torch.allclose(gs.sum(1), torch.ones(3))
+    with pytest.raises(ValueError, match="lam must be one of"):
+        semantic_graph_from_dists(d, 2, valid, "upper")
+
+
+def test_masked_softmax_literal_form_rows_without_edges_and_mode_check() -> None:
+    scores = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    lit = masked_softmax(scores, mask, "literal")
+    want = torch.softmax(mask.float() * torch.softmax(scores, dim=1), dim=1)
+    assert torch.allclose(lit, want)
+    att = masked_softmax(scores, mask)
+    assert torch.equal(att[1], torch.zeros(3))
+    assert torch.allclose(att[0], torch.softmax(torch.tensor([1.0, 0.0]), 0)[[0, 0, 1]]
+                          * torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="mode must be"):
+        masked_softmax(scores, mask, "dense")
+
+
+def test_diffusion_coefficients_reject_xi_outside_the_open_unit_interval() -> None:
+    for xi in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="xi must be in"):
+            diffusion_coefficients(xi, 3)
+    with pytest.raises(ValueError, match="steps must be"):
+        diffusion_coefficients(0.5, -1)
