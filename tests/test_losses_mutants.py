@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Laplace
 
+from equimodal.losses.calibration import cml_rank_penalty, max_confidence, removal_masks
 from equimodal.losses.consistency import js_divergence, predictive_entropy
 from equimodal.losses.distill import (
     FAMILIES,
@@ -29,6 +30,8 @@ from equimodal.losses.energy import (
     modality_energy,
     squared_norm,
 )
+from equimodal.losses.modulation import agm_coefficients, agm_ratios, opm_drop_probabilities
+from equimodal.losses.robust import certified_bound, own_normalize
 from equimodal.losses.supcon import regression_bins, supcon_loss
 from equimodal.losses.task import task_loss
 
@@ -282,3 +285,83 @@ def test_task_loss_kinds_and_reductions() -> None:
     assert float(task_loss(ml, multi, "multilabel")) == pytest.approx(float(per.mean()))
     assert float(task_loss(ml, multi, "multilabel", reduction="sum")) == pytest.approx(
         float(per.sum()))
+
+
+# ----- calibration.py, robust.py, modulation.py (baseline losses) -------------------------------
+
+
+def test_max_confidence_is_the_row_softmax_maximum() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    conf, pred = max_confidence(logits)
+    assert pred.tolist() == [0, 1]
+    assert torch.allclose(conf, logits.softmax(1).max(1).values)
+
+
+def test_cml_penalty_both_wrong_term_and_reductions() -> None:
+    y = torch.tensor([0, 0, 0])
+    wrong = torch.tensor([1, 1, 1])
+    more, less = torch.tensor([0.5, 0.6, 0.2]), torch.tensor([0.7, 0.4, 0.35])
+    per = cml_rank_penalty(more, wrong, less, wrong, y, epsilon=0.1, reduction="none")
+    assert torch.allclose(per, torch.tensor([0.1, 0.0, 0.05]))
+    total = cml_rank_penalty(more, wrong, less, wrong, y, epsilon=0.1, reduction="mean")
+    assert float(total) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="reduction must be"):
+        cml_rank_penalty(more, wrong, less, wrong, y, reduction="max")
+
+
+def test_removal_masks_use_the_given_generator_or_the_global_rng() -> None:
+    present = {"a": torch.ones(6, dtype=torch.bool), "b": torch.ones(6, dtype=torch.bool),
+               "c": torch.ones(6, dtype=torch.bool)}
+    torch.manual_seed(0)
+    first = removal_masks(present, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    second = removal_masks(present, torch.Generator().manual_seed(5))
+    for s1, s2 in zip(first, second, strict=True):
+        assert all(torch.equal(s1[n], s2[n]) for n in present)
+    torch.manual_seed(3)
+    g1 = removal_masks(present)
+    torch.manual_seed(3)
+    g2 = removal_masks(present)
+    assert all(torch.equal(g1[1][n], g2[1][n]) for n in present)
+    assert [int(sum(s[n] for n in present).min()) for s in g1] == [3, 2, 1]
+
+
+def test_own_normalize_whitens_with_eps_added_to_small_eigenvalues() -> None:
+    w = 0.01 * torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    zc = w - w.mean(1, keepdim=True)
+    evals, evecs = torch.linalg.eigh(zc @ zc.t())
+    want = evecs @ torch.diag((evals + 1e-6).rsqrt()) @ evecs.t() @ zc
+    assert torch.allclose(own_normalize(w), want, rtol=1e-10, atol=1e-12)
+
+
+def test_certified_bound_with_the_fused_runner_up() -> None:
+    h = torch.tensor([[[2.0, 1.0, 1.0], [0.5, 1.0, 1.0]],
+                      [[1.0, 1.0, 1.0], [3.0, 1.0, 2.0]]])  # [M=2, B=2, C=3]
+    scale = torch.tensor([[1.0, 2.0, 1.0], [1.0, 1.0, 3.0]])
+    bias = torch.tensor([0.0, 0.3, -0.3])
+    lip = torch.tensor([[1.0, 2.0, 1.0], [0.5, 1.0, 1.0]])
+    y = torch.tensor([0, 0])
+    fused = (scale[:, None, :] * h).sum(0) + bias
+    other = fused.scatter(1, y[:, None], float("-inf")).argmax(1)
+    want = []
+    for i in range(2):
+        j = int(other[i])
+        num = sum(scale[m, 0] * h[m, i, 0] - scale[m, j] * h[m, i, j] for m in range(2))
+        num = num + bias[0] - bias[j]
+        den = torch.sqrt(sum((scale[m, 0].abs() * lip[m, 0] + scale[m, j].abs() * lip[m, j]) ** 2
+                             for m in range(2)))
+        want.append(num / den)
+    assert torch.allclose(certified_bound(h, scale, bias, lip, y), torch.stack(want))
+
+
+def test_opm_probabilities_are_clipped_at_one_and_agm_uses_m_over_m_minus_1() -> None:
+    q = opm_drop_probabilities(torch.tensor([0.5, 1.5, 50.0]), q_base=0.9, lam=2.0)
+    assert q[0] == 0 and float(q[2]) == 1.0
+    assert float(q[1]) == 1.0  # 0.9 (1 + 2 tanh 0.5) = 1.73 before clipping
+    low = opm_drop_probabilities(torch.tensor([1.5]), q_base=0.3, lam=2.0)
+    assert float(low[0]) == pytest.approx(0.3 * (1 + 2 * math.tanh(0.5)), rel=1e-6)
+    s = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.allclose(agm_ratios(s), torch.exp(1.5 * (2.0 - s)))
+    running = torch.tensor([0.0, 5.0])
+    c = agm_coefficients(torch.tensor([1.0, 1.0]), running, alpha=1.0)
+    assert float(c[0]) == pytest.approx(math.exp(10.0), rel=1e-5)  # capped at the default 10
