@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal
+from torch.distributions import Categorical, Normal
 
 from equimodal.losses.cmi import (
     assign_clusters,
@@ -37,6 +37,8 @@ from equimodal.losses.mi import (
     gaussian_log_likelihood,
     gaussian_mutual_information,
 )
+from equimodal.losses.modulation import min_norm_weights, true_class_score
+from equimodal.losses.prototypes import class_means, prototype_entropy, prototype_logits
 
 # ----- mi.py ------------------------------------------------------------------------------------
 
@@ -309,3 +311,45 @@ def test_diffusion_coefficients_reject_xi_outside_the_open_unit_interval() -> No
             diffusion_coefficients(xi, 3)
     with pytest.raises(ValueError, match="steps must be"):
         diffusion_coefficients(0.5, -1)
+
+
+# ----- prototypes.py, modulation.py -------------------------------------------------------------
+
+
+def test_class_means_singletons_absent_last_class_and_previous() -> None:
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    means, counts = class_means(f, y, 4)
+    assert counts.tolist() == [2.0, 1.0, 0.0, 0.0]
+    assert means.tolist() == [[2.0, 3.0], [10.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    prev = torch.full((4, 2), 7.0)
+    kept, _ = class_means(f, y, 4, prev)
+    assert kept.tolist() == [[2.0, 3.0], [10.0, 0.0], [7.0, 7.0], [7.0, 7.0]]
+
+
+def test_prototype_logits_and_entropy_closed_form() -> None:
+    f = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    protos = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
+    logits = prototype_logits(f, protos)
+    want = -torch.cdist(f, protos)
+    assert torch.allclose(logits, want) and float(logits[1, 0]) == pytest.approx(-5.0)
+    ent = Categorical(logits=want).entropy().mean()
+    assert float(prototype_entropy(f, protos)) == pytest.approx(float(ent), rel=1e-5)
+
+
+def test_true_class_score_with_a_mask_and_an_empty_mask() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    p = logits.softmax(1)[torch.arange(3), y]
+    mask = torch.tensor([True, False, True])
+    assert float(true_class_score(logits, y, mask)) == pytest.approx(float(p[mask].mean()))
+    assert float(true_class_score(logits, y, torch.zeros(3, dtype=torch.bool))) == 0.0
+
+
+def test_min_norm_weights_end_points_and_small_interior() -> None:
+    a, b = [torch.tensor([1.0, 0.0])], [torch.tensor([2.0, 0.0])]
+    assert min_norm_weights(b, a) == pytest.approx((0.001, 0.999))  # v12 >= v22
+    assert min_norm_weights(a, b) == pytest.approx((0.999, 0.001))  # v12 >= v11
+    s1, s2 = [torch.tensor([1e-3, 0.0])], [torch.tensor([0.0, 2e-3])]
+    w, _ = min_norm_weights(s1, s2)  # argmin ||w g1 + (1 - w) g2||: w = v22 / (v11 + v22)
+    assert w == pytest.approx(0.8, rel=1e-5)
