@@ -334,24 +334,30 @@ def test_own_normalize_whitens_with_eps_added_to_small_eigenvalues() -> None:
     assert torch.allclose(own_normalize(w), want, rtol=1e-10, atol=1e-12)
 
 
-def test_certified_bound_with_the_fused_runner_up() -> None:
+def _certified_reference(h: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                         lip: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    fused = (scale[:, None, :] * h).sum(0) + bias
+    other = fused.scatter(1, y[:, None], float("-inf")).argmax(1)
+    out = []
+    for i in range(h.shape[1]):
+        t, j = int(y[i]), int(other[i])
+        num = sum(scale[m, t] * h[m, i, t] - scale[m, j] * h[m, i, j] for m in range(h.shape[0]))
+        den = torch.sqrt(sum((scale[m, t].abs() * lip[m, t] + scale[m, j].abs() * lip[m, j]) ** 2
+                             for m in range(h.shape[0])))
+        out.append((num + bias[t] - bias[j]) / den)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("lip_scale", [1.0, 0.01])
+def test_certified_bound_with_the_fused_runner_up(lip_scale: float) -> None:
     h = torch.tensor([[[2.0, 1.0, 1.0], [0.5, 1.0, 1.0]],
                       [[1.0, 1.0, 1.0], [3.0, 1.0, 2.0]]])  # [M=2, B=2, C=3]
     scale = torch.tensor([[1.0, 2.0, 1.0], [1.0, 1.0, 3.0]])
-    bias = torch.tensor([0.0, 0.3, -0.3])
-    lip = torch.tensor([[1.0, 2.0, 1.0], [0.5, 1.0, 1.0]])
+    bias = torch.tensor([0.0, 1.0, -1.0])  # decides sample 0's runner-up (class 1, not 2)
+    lip = lip_scale * torch.tensor([[1.0, 2.0, 1.0], [0.5, 1.0, 1.0]])
     y = torch.tensor([0, 0])
-    fused = (scale[:, None, :] * h).sum(0) + bias
-    other = fused.scatter(1, y[:, None], float("-inf")).argmax(1)
-    want = []
-    for i in range(2):
-        j = int(other[i])
-        num = sum(scale[m, 0] * h[m, i, 0] - scale[m, j] * h[m, i, j] for m in range(2))
-        num = num + bias[0] - bias[j]
-        den = torch.sqrt(sum((scale[m, 0].abs() * lip[m, 0] + scale[m, j].abs() * lip[m, j]) ** 2
-                             for m in range(2)))
-        want.append(num / den)
-    assert torch.allclose(certified_bound(h, scale, bias, lip, y), torch.stack(want))
+    want = _certified_reference(h, scale, bias, lip, y)
+    assert torch.allclose(certified_bound(h, scale, bias, lip, y), want)
 
 
 def test_opm_probabilities_are_clipped_at_one_and_agm_uses_m_over_m_minus_1() -> None:
