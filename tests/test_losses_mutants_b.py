@@ -150,7 +150,7 @@ def test_kmeans_plusplus_draws_uniformly_once_every_point_is_a_centroid() -> Non
     assert torch.equal(same, torch.ones(3, 2))
     single = kmeans_plusplus(torch.tensor([[1.0, 2.0, 3.0]]), 2)
     assert torch.equal(single, torch.tensor([[1.0, 2.0, 3.0]] * 2))
-    with pytest.raises(ValueError, match="at least one point"):
+    with pytest.raises(ValueError, match="^kmeans needs at least one point$"):
         kmeans_plusplus(torch.zeros(0, 2), 2)
 
 
@@ -247,6 +247,14 @@ def test_closed_form_weights_ignore_masked_entries() -> None:
 def test_graph_alignment_of_a_single_modality_is_zero() -> None:
     g = torch.rand(1, 4, 4)
     assert float(graph_alignment_loss(g)) == 0.0
+
+
+def test_graph_alignment_with_a_single_common_row() -> None:
+    g = torch.zeros(2, 3, 3)
+    g[0, 1, 0] = 1.0
+    g[1, 1, 2] = 1.0
+    present = torch.tensor([[True, True, False], [False, True, True]])
+    assert float(graph_alignment_loss(g, present)) == pytest.approx(2.0)  # ||row 1||^2 / 1^2
 
 
 def test_assign_clusters_is_nearest_centroid() -> None:
