@@ -37,7 +37,11 @@ from equimodal.losses.mi import (
     gaussian_log_likelihood,
     gaussian_mutual_information,
 )
-from equimodal.losses.modulation import min_norm_weights, true_class_score
+from equimodal.losses.modulation import (
+    entropy_fusion_weights,
+    min_norm_weights,
+    true_class_score,
+)
 from equimodal.losses.prototypes import class_means, prototype_entropy, prototype_logits
 
 # ----- mi.py ------------------------------------------------------------------------------------
@@ -361,3 +365,18 @@ def test_min_norm_weights_end_points_and_small_interior() -> None:
     s1, s2 = [torch.tensor([1e-3, 0.0])], [torch.tensor([0.0, 2e-3])]
     w, _ = min_norm_weights(s1, s2)  # argmin ||w g1 + (1 - w) g2||: w = v22 / (v11 + v22)
     assert w == pytest.approx(0.8, rel=1e-5)
+
+
+def test_min_norm_weights_ties_take_the_reference_end_points() -> None:
+    one, diag = [torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 1.0])]
+    assert min_norm_weights(one, diag) == pytest.approx((0.999, 0.001))  # v12 == v11
+    assert min_norm_weights(diag, one) == pytest.approx((0.001, 0.999))  # v12 == v22
+
+
+def test_entropy_fusion_weights_uniform_for_a_sample_without_modalities() -> None:
+    logits = [torch.tensor([[3.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])]
+    present = [torch.tensor([True, False]), torch.tensor([True, False])]
+    w = entropy_fusion_weights(logits, present)
+    assert torch.equal(w[1], torch.tensor([0.5, 0.5]))
+    e = torch.stack([Categorical(logits=lg[0]).entropy() for lg in logits])
+    assert torch.allclose(w[0], torch.softmax(e.max() - e, 0))
