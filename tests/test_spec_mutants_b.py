@@ -1,1 +1,60 @@
-"""Tests that kill mutmut survivors (issue 18; docs/mutation.md)."""
+"""Tests that kill sampled mutmut survivors in EBMC's and DecAlign's loss code (issue 18;
+docs/mutation.md): the tau^2 scale of L_IMTD and the norm-only energy-gradient penalty."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from equimodal.config import ModelConfig
+from equimodal.data.dataset import MultimodalData
+from equimodal.engine import seed_everything
+from equimodal.methods.ebmc import EBMC
+from equimodal.registry import create_method, load_dataset
+
+SMALL: dict[str, Any] = {"n_classes": 3, "dim": 8, "latent": 4, "noise": 0.5,
+                         "strengths": [1.5, 1.0], "n_train": 32, "n_valid": 8, "n_test": 8}
+
+
+@pytest.fixture(scope="module")
+def data() -> MultimodalData:
+    d: MultimodalData = load_dataset("synthetic", seed=0, **SMALL)
+    return d
+
+
+def _ebmc(data: MultimodalData, **cfg: Any) -> EBMC:
+    seed_everything(0)
+    m: EBMC = create_method("ebmc", data.info, ModelConfig(hidden=16, layers=1), **cfg)
+    seed_everything(1)
+    other: EBMC = create_method("ebmc", data.info, ModelConfig(hidden=16, layers=1), **cfg)
+    m.teacher.copy_from(other.net)
+    m.train()
+    return m
+
+
+def test_imtd_tau_squared_scale(data: MultimodalData) -> None:
+    batch = data.train.batch(torch.arange(16))
+    losses = []
+    for scale in (False, True):
+        m = _ebmc(data, tau=3.0, tau_sq_scale=scale, teacher_calibration="none")
+        torch.manual_seed(3)
+        out = m(batch)
+        losses.append(float(m._imtd_loss(batch, out, m._teacher_outputs(batch), {}).detach()))
+    assert losses[1] == pytest.approx(9.0 * losses[0], rel=1e-5)
+
+
+def test_norm_only_penalty_uses_the_configured_norm_reduction(data: MultimodalData) -> None:
+    """``norm_only``: ``||d(alpha mean_f z^2)/dz||^2 = 4 alpha^2 ||z||^2 / D^2`` per sample."""
+    m = _ebmc(data, grad_penalty="norm_only", sq_norm_reduction="mean", energy_alpha=0.7)
+    batch = data.train.batch(torch.arange(16))
+    torch.manual_seed(3)
+    out = m(batch)
+    names = data.info.modality_names
+    uni = {n: m._uni_per_sample(out.extras[f"t/{n}"], batch.target) for n in names}
+    parts: dict[str, torch.Tensor] = {}
+    m._emc_loss(batch, out, uni, None, parts)
+    want = sum(float((4 * 0.7**2 * out.features[n].detach().pow(2).sum(1)
+                      / out.features[n].shape[1] ** 2).mean()) for n in names)
+    assert float(parts["emc/penalty"]) == pytest.approx(want, rel=1e-4)
