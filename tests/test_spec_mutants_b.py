@@ -58,3 +58,19 @@ def test_norm_only_penalty_uses_the_configured_norm_reduction(data: MultimodalDa
     want = sum(float((4 * 0.7**2 * out.features[n].detach().pow(2).sum(1)
                       / out.features[n].shape[1] ** 2).mean()) for n in names)
     assert float(parts["emc/penalty"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_msd_dis_with_a_single_sample_holding_both_modalities(data: MultimodalData) -> None:
+    """Each ordered pair is averaged over the samples that have both modalities: one here."""
+    m = _ebmc(data)
+    batch = data.train.batch(torch.arange(6))
+    names = data.info.modality_names
+    batch.present[names[1]][1:] = False
+    batch.inputs[names[1]][1:] = 0
+    torch.manual_seed(3)
+    out = m(batch)
+    uni = {n: m._uni_per_sample(out.extras[f"t/{n}"], batch.target) for n in names}
+    parts: dict[str, torch.Tensor] = {}
+    m._msd_loss(batch, out, uni, parts)
+    za, zb = (torch.nn.functional.normalize(out.extras[f"zs/{n}"][0], dim=-1) for n in names)
+    assert float(parts["msd/dis"]) == pytest.approx(2 * float((za * zb).sum().detach()), rel=1e-5)
