@@ -11,6 +11,7 @@ import torch
 from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import seed_everything
+from equimodal.losses.mi import club_nll
 from equimodal.methods.ebmc import EBMC
 from equimodal.registry import create_method, load_dataset
 
@@ -74,3 +75,20 @@ def test_msd_dis_with_a_single_sample_holding_both_modalities(data: MultimodalDa
     m._msd_loss(batch, out, uni, parts)
     za, zb = (torch.nn.functional.normalize(out.extras[f"zs/{n}"][0], dim=-1) for n in names)
     assert float(parts["msd/dis"]) == pytest.approx(2 * float((za * zb).sum().detach()), rel=1e-5)
+
+
+def test_udi_estimator_nll_uses_only_samples_with_both_modalities(data: MultimodalData) -> None:
+    seed_everything(0)
+    m = create_method("udi", data.info, ModelConfig(hidden=16, layers=1))
+    batch = data.train.batch(torch.arange(12))
+    names = data.info.modality_names
+    batch.present[names[1]][:4] = False
+    batch.inputs[names[1]][:4] = 0
+    out = m(batch)
+    plan = [(names[1], [names[0]])]
+    both = batch.present[names[0]] & batch.present[names[1]]
+    (g, est), = m._pairs(names[1], [names[0]])
+    mu, logvar = est(out.features[g].detach())
+    want = club_nll(out.features[names[1]].detach(), mu, logvar, both)
+    got = m._estimator_nll(out, batch, plan)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
