@@ -12,6 +12,7 @@ from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import seed_everything
 from equimodal.losses.mi import club_nll
+from equimodal.methods.decalign import prototype_alignment_loss
 from equimodal.methods.ebmc import EBMC
 from equimodal.registry import create_method, load_dataset
 
@@ -92,3 +93,21 @@ def test_udi_estimator_nll_uses_only_samples_with_both_modalities(data: Multimod
     want = club_nll(out.features[names[1]].detach(), mu, logvar, both)
     got = m._estimator_nll(out, batch, plan)
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+
+
+def test_decalign_prototype_alignment_skips_absent_samples() -> None:
+    feats = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]],
+                          [[1.0, 1.0], [0.0, 2.0], [9.0, 9.0]]])  # [M=2, N=3, d=2]
+    resp = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+                         [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]]])  # [M, N, K=2]
+    means = torch.tensor([[[0.0, 0.0], [2.0, 0.0]], [[1.0, 1.0], [0.0, 3.0]]])  # [M, K, d]
+    present = torch.tensor([[True, True, False], [True, True, True]])
+    want = torch.zeros(())
+    for i in range(2):
+        j = 1 - i
+        rows = [n for n in range(3) if present[i, n]]
+        tot = sum(float(resp[i, n, k] * ((feats[i, n] - means[j, k]) ** 2).sum())
+                  for n in rows for k in range(2))
+        want = want + tot / len(rows)
+    got = prototype_alignment_loss(feats, resp, means, present.float())
+    assert torch.isfinite(got) and float(got) == pytest.approx(float(want), rel=1e-6)
