@@ -14,7 +14,9 @@ from equimodal.losses.cmi import (
     assign_clusters,
     conditional_nce_objective,
     kmeans_plusplus,
+    nce_mi_estimate,
     nce_mi_lower_bound,
+    protective_margin,
     quantize_similarity,
 )
 from equimodal.losses.disentangle import cosine_similarity_matrix, similarity_surrogate
@@ -117,6 +119,27 @@ def test_nce_lower_bound_adds_log_prior_ratio_and_honours_the_negative_mask() ->
     assert float(obj) == pytest.approx(float(want), rel=1e-6)
     bound = nce_mi_lower_bound(pos, neg, 5.0, mask)
     assert float(bound) == pytest.approx(float(want) + math.log(5.0), rel=1e-6)
+
+
+def test_protective_margin_mi_estimate_and_objective_checks() -> None:
+    assert protective_margin(5) == pytest.approx(math.log(1 / 5))
+    assert protective_margin(1) == 0.0
+    assert protective_margin(4, 2) == pytest.approx(math.log(0.5))
+    for bad in ((0, 1), (3, 0)):
+        with pytest.raises(ValueError, match="N0 and N1 must be >= 1"):
+            protective_margin(*bad)
+    pos = torch.tensor([0.5, -1.0])
+    want = float(F.logsigmoid(pos).mean()) + math.log(5.0)
+    assert float(nce_mi_estimate(pos, math.log(1 / 5))) == pytest.approx(want)
+    with pytest.raises(ValueError, match=r"neg_logits must be \[N, K\] with N = 2"):
+        conditional_nce_objective(pos, torch.zeros(3, 4), 1.0)
+    with pytest.raises(ValueError, match="got"):
+        conditional_nce_objective(pos, torch.zeros(2), 1.0)
+    empty = conditional_nce_objective(torch.zeros(0), torch.zeros(0, 3), 2.0)
+    assert float(empty) == 0.0
+    no_rows = torch.zeros(2, dtype=torch.bool)
+    none_valid = conditional_nce_objective(pos, torch.zeros(2, 3), 2.0, no_rows)
+    assert float(none_valid) == pytest.approx(float(F.logsigmoid(pos).mean()))
 
 
 def _kmeanspp_reference(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
