@@ -88,6 +88,8 @@ def test_scope_loss_terms_respect_presence_and_the_configured_reduction() -> Non
 def test_scope_normalized_objective_value_and_phi_gradient() -> None:
     """Value ``sum sg(phi) L``; Phi's gradient comes from ``phi . sg(L / Lbar)`` only."""
     m = _scope(loss_weighting="normalized")
+    m.loss_seen.fill_(True)  # a later step: Lbar differs from L, so L / Lbar is not constant
+    m.loss_mean.copy_(torch.tensor([2.0, 0.5, 1.0]))
     _, _, terms = _scope_terms(m)
     parts = torch.stack([terms["dis"], terms["align"], terms["pred"]]).detach()
     phi = m.loss_weights(parts)
@@ -98,6 +100,7 @@ def test_scope_normalized_objective_value_and_phi_gradient() -> None:
     got = torch.autograd.grad(terms["loss"], params, allow_unused=True)
     ratio = parts / m.loss_mean
     want = torch.autograd.grad((m.loss_weights(parts) * ratio).sum(), params, allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in got)
     for g, w in zip(got, want, strict=True):
         assert (g is None) == (w is None)
         if g is not None and w is not None:
