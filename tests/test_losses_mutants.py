@@ -188,6 +188,9 @@ def test_trust_weights_default_offset_floor_and_absent_rows() -> None:
     assert torch.equal(w[1], torch.tensor([0.0, 1.0]))
     assert torch.equal(w[2], torch.zeros(2))
     # Negative spreads count as zero.
+    raw_off = torch.exp(-sigma) / (torch.log1p(spread) + 0.1)
+    off = trust_weights(sigma, spread, offset=0.1)
+    assert torch.allclose(off, raw_off / raw_off.sum(1, keepdim=True))
     floored = trust_weights(sigma, -spread.abs() - 1.0)
     assert torch.allclose(floored, torch.softmax(-sigma, 1))
 
