@@ -111,3 +111,28 @@ def test_decalign_prototype_alignment_skips_absent_samples() -> None:
         want = want + tot / len(rows)
     got = prototype_alignment_loss(feats, resp, means, present.float())
     assert torch.isfinite(got) and float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_infobridge_critic_pass_detaches_the_encoder_features() -> None:
+    """Algorithm 1: the critic's NCE pass (``detach=True``) must not reach the encoders."""
+    from test_infobridge import _batch, _ctx
+    from test_infobridge_wiring import MODEL
+    from test_infobridge_wiring import SMALL as IB_SMALL
+
+    ib_data = load_dataset("synthetic", seed=0, **IB_SMALL)
+    seed_everything(0)
+    method = create_method("infobridge", ib_data.info, MODEL)
+    method.train()
+    method.training_step(_batch(ib_data, 0, 32), _ctx(method, ib_data))  # fill the bank
+    batch = _batch(ib_data, 32, 32)
+    out = method(batch)
+    feats = {n: f.detach().requires_grad_(True) for n, f in out.features.items()}
+    with torch.no_grad():
+        plans = method._plan(batch, out)
+    critic_obj, _ = method.nce_objective(plans, feats, detach=True)
+    assert critic_obj.requires_grad  # the critic still learns from it
+    grads = torch.autograd.grad(critic_obj, list(feats.values()), allow_unused=True)
+    assert all(g is None for g in grads)
+    enc_obj, _ = method.nce_objective(plans, feats, detach=False)
+    grads = torch.autograd.grad(enc_obj, list(feats.values()), allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
