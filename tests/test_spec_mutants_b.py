@@ -11,6 +11,7 @@ import torch
 from equimodal.config import ModelConfig
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine import seed_everything
+from equimodal.losses.consistency import js_divergence
 from equimodal.losses.mi import club_nll
 from equimodal.methods.decalign import prototype_alignment_loss
 from equimodal.methods.ebmc import EBMC
@@ -136,3 +137,17 @@ def test_infobridge_critic_pass_detaches_the_encoder_features() -> None:
     enc_obj, _ = method.nce_objective(plans, feats, detach=False)
     grads = torch.autograd.grad(enc_obj, list(feats.values()), allow_unused=True)
     assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_udi_consistency_uses_samples_with_the_follower_and_a_guide(data: MultimodalData) -> None:
+    seed_everything(0)
+    m = create_method("udi", data.info, ModelConfig(hidden=16, layers=1))
+    batch = data.train.batch(torch.arange(12))
+    a, b = data.info.modality_names
+    batch.present[b][:4] = False
+    batch.inputs[b][:4] = 0
+    out = m(batch)
+    con, _ = m._guidance(out, batch, b, [a])
+    want = js_divergence(out.unimodal_logits[a].detach(), out.unimodal_logits[b],
+                         batch.present[b] & batch.present[a])
+    assert float(con.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
