@@ -3,6 +3,7 @@ docs/mutation.md): the tau^2 scale of L_IMTD and the norm-only energy-gradient p
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -151,3 +152,19 @@ def test_udi_consistency_uses_samples_with_the_follower_and_a_guide(data: Multim
     want = js_divergence(out.unimodal_logits[a].detach(), out.unimodal_logits[b],
                          batch.present[b] & batch.present[a])
     assert float(con.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+
+
+def test_decalign_skips_prototype_and_homogeneity_terms_below_two_samples(
+        data: MultimodalData) -> None:
+    """A modality present in a single sample: L_hete and L_homo are zero, not fitted."""
+    seed_everything(0)
+    m = create_method("decalign", data.info, ModelConfig(hidden=16, layers=1))
+    m.train()
+    batch = data.train.batch(torch.arange(8))
+    b = data.info.modality_names[1]
+    batch.present[b][1:] = False
+    batch.inputs[b][1:] = 0
+    out = m(batch)
+    terms = m.compute_loss(batch, out, SimpleNamespace(stage=None, epoch=0, step=0))
+    for key in ("ot", "proto", "sem", "mmd"):
+        assert float(terms[key].detach()) == 0.0
