@@ -452,3 +452,13 @@ def test_greedy_learning_speed_and_rebalancing(data: MultimodalData) -> None:
 def test_contract(name: str) -> None:
     report = check_method(name)
     assert report.score > report.chance + 0.15
+
+
+def test_owm_update_matches_the_rls_step_when_the_denominator_is_below_one() -> None:
+    # alpha + r k = 0.1 + 0.01 < 1: a clamp other than a tiny floor would change the step.
+    r = torch.full((1, 4), 0.05)
+    P = owm_update(torch.eye(4), r, 0.1)
+    k = r.t()
+    expected = torch.eye(4) - (k @ k.t()) / (0.1 + float(r @ k))
+    torch.testing.assert_close(P, expected)
+    assert float((P @ r.t()).norm()) < float(r.norm())  # the direction r is damped

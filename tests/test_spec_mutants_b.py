@@ -168,3 +168,21 @@ def test_decalign_skips_prototype_and_homogeneity_terms_below_two_samples(
     terms = m.compute_loss(batch, out, SimpleNamespace(stage=None, epoch=0, step=0))
     for key in ("ot", "proto", "sem", "mmd"):
         assert float(terms[key].detach()) == 0.0
+
+
+def test_msd_regression_term_reads_the_target() -> None:
+    """EBMC regression: L_uni adds each teacher's scale NLL of the batch's target (Eq. 5)."""
+    reg: MultimodalData = load_dataset("synthetic", seed=0, task="regression", **SMALL)
+    m = _ebmc(reg, use_msd=False)
+    batch = reg.train.batch(torch.arange(16))
+    torch.manual_seed(3)
+    out = m(batch)
+    uni = {n: torch.zeros(16) for n in reg.info.modality_names}  # isolate the NLL term
+    terms = []
+    for target in (batch.target, batch.target + 3.0):
+        moved = batch.__class__(**{**batch.__dict__, "target": target})
+        parts: dict[str, torch.Tensor] = {}
+        m._msd_loss(moved, out, uni, parts)
+        terms.append(float(parts["msd/uni"]))
+    assert all(torch.isfinite(torch.tensor(terms)))
+    assert terms[1] > terms[0] + 0.1  # a target far from the teachers costs more
