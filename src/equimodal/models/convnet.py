@@ -122,7 +122,8 @@ class ConvNet4Encoder(nn.Module):
         elif init != "torch":
             raise ValueError(f"convnet4 encoder: init must be 'pmr' or 'torch', got {init!r}")
         if channels_last:
-            self.trunk.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format at run time; its typing stub omits it.
+            self.trunk.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _check_dim(self, x: Tensor) -> None:
         d = math.prod(self.image_shape)
