@@ -93,21 +93,17 @@ def prepare_run_dir(
     if resume and (finished or (run_path / "last.pt").exists()):
         try:
             check_data(run_path, fp, RETRAIN_HINT)
+            # The folder name hashes the overrides only: a default changed since (a fixed
+            # reading of a paper, say) would otherwise reuse results trained under the old one.
+            changed = settings_changed(run_path, cfg.method, cfg.method_cfg)
+            if changed:
+                raise DataChangedError(
+                    f"{run_path}: the defaults of method {cfg.method!r} changed since this run "
+                    f"was trained ({', '.join(changed[:4])}); {RETRAIN_HINT}")
         except DataChangedError as err:
             if on_data_change == "error":
                 raise
             log.warning("%s; retraining", str(err).split("; retrain")[0])
-            resume = False
-    if resume and (finished or (run_path / "last.pt").exists()):
-        # The folder name hashes the overrides only: a default changed since (a fixed reading
-        # of a paper, say) would otherwise reuse results trained under the old one.
-        changed = settings_changed(run_path, cfg.method, cfg.method_cfg)
-        if changed:
-            msg = (f"{run_path}: the defaults of method {cfg.method!r} changed since this run "
-                   f"was trained ({', '.join(changed[:4])})")
-            if on_data_change == "error":
-                raise DataChangedError(f"{msg}; {RETRAIN_HINT}")
-            log.warning("%s; retraining", msg)
             resume = False
     if resume and finished:
         return data, True, True

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from equimodal.data.dataset import MultimodalSplit
 from equimodal.engine.context import StepContext
-from equimodal.methods._shared import UnimodalHeads, encoder_dims
+from equimodal.methods._shared import UnimodalHeads, check_choices, encoder_dims
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
@@ -123,8 +123,7 @@ class GradientBlending(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the config."""
         super().check_task(info, cfg)
-        if cfg.mode not in ("offline", "online"):
-            raise ValueError(f"gblending: mode must be offline or online, got {cfg.mode!r}")
+        check_choices(cls.name, cfg, {"mode": ("offline", "online")})
         if not 0.0 < cfg.holdout_fraction < 1.0:
             raise ValueError("gblending: holdout_fraction must be in (0, 1)")
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from equimodal.config import ModelConfig
 from equimodal.engine.context import StepContext
 from equimodal.losses.nce import info_nce
-from equimodal.methods._shared import encoder_dims
+from equimodal.methods._shared import check_choices, encoder_dims
 from equimodal.methods.base import Capabilities, Method, MethodConfig
 from equimodal.models.multimodal import build_multimodal_model
 from equimodal.registry import register_method
@@ -126,8 +126,7 @@ class LFM(Method):
         """Also validate the config."""
         super().check_task(info, cfg)
         lo, hi = cfg.alpha_bounds
-        if cfg.strategy not in ("learned", "heuristic"):
-            raise ValueError(f"lfm: strategy must be learned or heuristic, got {cfg.strategy!r}")
+        check_choices(cls.name, cfg, {"strategy": ("learned", "heuristic")})
         if not 0.0 <= lo <= hi <= 1.0 or cfg.temperature <= 0:
             raise ValueError("lfm: need 0 <= alpha_bounds[0] <= alpha_bounds[1] <= 1, "
                              "temperature > 0")
