@@ -333,6 +333,14 @@ def test_cli_bench_results_and_tables(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "4 finished" in text and "| fusion |" in text
     assert main(args) == 0
     assert "4 already finished" in capsys.readouterr().out
+    # A run trained under another method default is listed as stale (it will be retrained).
+    settings_file = next((out / "runs").glob("concat-*")) / "method.json"
+    settings = json.loads(settings_file.read_text())
+    settings["config"]["regression_loss"] = "mse"
+    settings_file.write_text(json.dumps(settings))
+    assert main([*args, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("stale") == 1 and listing.count("finished") == 3
     db = str(out / "results.db")
     assert main(["results", "--db", db, "--method", "late", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

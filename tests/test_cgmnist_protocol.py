@@ -103,23 +103,52 @@ def test_cgmnist_udi_suites_expand_to_the_tables() -> None:
 
     points = expand(load_suite("cgmnist-udi"), METHODS.names())
     runs = {(p.label, p.cfg.method, p.cfg.train.seed) for p in points}
-    assert len(points) == len(runs) == 28
+    assert len(points) == len(runs) == 61
     assert {s for lab, m, s in runs if m == "sum"} == {0, 1, 2}
     assert {s for lab, m, s in runs if lab == "unimodal-color"} == {0, 1, 2}
     assert {m for lab, m, _ in runs if lab == "cgmnist"} == {
         "sum", "mmpareto", "lfm", "ogm_ge", "agm", "pmr", "mla", "opm", "greedy",
         "valuation", "udi"}
     by = {p.label: p.cfg for p in points}
-    assert by["t2-dc-only"].method_cfg == {"decoupled": False, "dynamic_controller": True}
-    assert by["t4-anchor-color"].method_cfg == {"anchor": "color"}
+    # ``per_method.udi`` (the follower stage of the budget) merges into every UDI entry.
+    assert by["t2-dc-only"].method_cfg == {"decoupled": False, "dynamic_controller": True,
+                                           "follower_epochs": 3}
+    assert by["t4-anchor-color"].method_cfg == {"anchor": "color", "follower_epochs": 3}
+    # The data-sensitivity entries change the jitter only.
+    assert {lab for lab, _, _ in runs if "jitter" in lab} == {
+        "jitter-0.1", "jitter-0.1-color", "jitter-0.15-color", "jitter-0.2-color",
+        "jitter-0.3-color"}
+    # The calibrated block repeats every paper row (not the unimodal gray one) at jitter 0.15.
+    cal = {(lab.removeprefix("cal-"), m, s) for lab, m, s in runs
+           if lab.startswith("cal-") and lab != "cal-long"}
+    paper_rows = {(lab, m, s) for lab, m, s in runs
+                  if lab in {"cgmnist", "cgmnist-seeds"} or lab.startswith(("t2-", "t3-", "t4-"))}
+    assert cal == paper_rows
+    assert {p.cfg.data["color_var"] for p in points if p.label.startswith("cal-")} == {0.15}
+    assert by["jitter-0.1-color"].data["color_var"] == 0.1
+    assert by["jitter-0.1-color"].method_cfg == {"modality": "color"}
+    # The convergence entries train longer, nothing else.
+    assert (by["convergence"].train.epochs, by["convergence"].train.step_size) == (15, 12)
+    assert by["convergence-color"].data == by["cgmnist"].data
     c = by["cgmnist"]
     assert (c.model.encoder, c.model.hidden, c.model.fusion) == ("convnet4", 512, "sum")
     assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.scheduler) == (
-        "sgd", 0.001, 64, "step")
+        "sgd", 0.02, 64, "step")
+    assert (c.train.epochs, c.train.step_size, c.data["n_train"]) == (6, 5, 8000)
     assert c.data["protocol"] == "paper"
     paper = {p.label: p.cfg for p in expand(load_suite("cgmnist-udi-paper"), METHODS.names())}
     assert (paper["cgmnist"].train.epochs, paper["cgmnist"].train.step_size) == (100, 70)
     assert "n_train" not in paper["cgmnist"].data
+    for suite in ("cgmnist-udi", "cgmnist-udi-paper"):  # the reference's conv-kernel rule
+        ogm = [p.cfg for p in expand(load_suite(suite), METHODS.names())
+               if p.cfg.method == "ogm_ge"]
+        assert ogm and all(c.method_cfg["param_filter"] == "conv" for c in ogm)
+    # The CPU budget's lr 0.02 drops the GE noise (it diverged there).
+    assert [p.cfg.method_cfg["ge"] for p in points if p.cfg.method == "ogm_ge"] == [False] * 2
+    # OPM's warm-up is scaled to the 6-epoch CPU budget (its reference's 6 of 100 epochs).
+    cpu_opm = [p.cfg for p in points if p.cfg.method == "opm"]
+    assert [c.method_cfg["warmup_epochs"] for c in cpu_opm] == [1] * 2
+    assert cpu_opm[0].train.epochs > 1
     bad = {"methods": ["sum"], "datasets": [{"name": "cgdigits", "methods": ["nope"]}]}
     with pytest.raises(KeyError, match="nope"):
         expand(suite_from_dict(bad), METHODS.names())

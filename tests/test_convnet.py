@@ -92,3 +92,24 @@ def test_methods_train_with_convnet4_encoders() -> None:
     assert [round(h["lr"], 6) for h in result.history] == [0.001, 0.0001]
     changed = [k for k, v in method.state_dict().items() if not torch.equal(v, before[k])]
     assert any("trunk" in k for k in changed)
+
+
+@pytest.mark.parametrize("method_name", ["ogm_ge", "opm"])
+def test_gradient_modulation_conv_filter_selects_the_conv_kernels(method_name: str) -> None:
+    """``param_filter="conv"`` = the OGM-GE reference's ``len(grad.size()) == 4``: conv
+    kernels only; ``weights`` adds the encoder's fc weight; ``all`` also BN and biases."""
+    data = load_dataset("cgdigits", n_train=32, n_valid=16, n_test=16, seed=0)
+    mcfg = ModelConfig(encoders={m: "convnet4" for m in data.info.modality_names},
+                       hidden=16, fusion="sum")
+    sizes = {}
+    for f in ("all", "weights", "conv"):
+        method = create_method(method_name, data.info, mcfg, param_filter=f)
+        params = method.encoder_params("gray")
+        sizes[f] = sorted(p.dim() for p in params)
+        enc = method.model.encoders["gray"]
+        assert {id(p) for p in params} <= {id(p) for p in enc.parameters()}
+    assert sizes["conv"] == [4, 4, 4, 4]  # PMR's convnet: four conv layers
+    assert sizes["weights"] == [2, 4, 4, 4, 4]  # + the fc 64 -> hidden
+    assert len(sizes["all"]) > len(sizes["weights"]) and 1 in sizes["all"]
+    with pytest.raises(ValueError, match="param_filter"):
+        create_method(method_name, data.info, mcfg, param_filter="kernels")

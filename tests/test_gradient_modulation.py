@@ -445,6 +445,25 @@ def test_greedy_learning_speed_and_rebalancing(data: MultimodalData) -> None:
     assert set(util) == set(method.names) and all(v <= 1.0 for v in util.values())
 
 
+def test_greedy_trains_on_the_sum_of_branch_losses(data: MultimodalData) -> None:
+    """The reference's ``blend_loss``: sum of each branch's CE (``fused``: CE of the mean)."""
+    batch = _batch(data)
+    for loss, expected in (("branches", None), ("fused", "mean")):
+        method = _method("greedy", data, loss=loss)
+        ctx = _ctx(method, data)
+        with torch.no_grad():
+            out = method.net(batch)
+            want = (F.cross_entropy(out.logits, batch.target) if expected == "mean" else
+                    sum(F.cross_entropy(lg, batch.target) for lg in out.unimodal_logits.values()))
+        got = method.training_step(batch, ctx)["loss"]
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # The two readings differ: the mean's CE is not the sum of the branches'.
+    assert float(sum(F.cross_entropy(lg, batch.target) for lg in out.unimodal_logits.values())) \
+        != pytest.approx(float(F.cross_entropy(out.logits, batch.target)), rel=1e-2)
+    with pytest.raises(ValueError, match="loss"):
+        _method("greedy", data, loss="mean")
+
+
 # ----- the public contract --------------------------------------------------------------------
 
 

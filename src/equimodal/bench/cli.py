@@ -87,8 +87,9 @@ def _shorten(line: str, width: int = 240) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from equimodal.bench.jobs import FINISHED
     from equimodal.bench.launchers import default_threads, make_launcher
-    from equimodal.bench.runner import run_grid
+    from equimodal.bench.runner import pending, run_grid
     from equimodal.bench.store import ResultStore, load_results
     from equimodal.bench.suite import expand
     from equimodal.bench.tables import all_tables, render
@@ -123,8 +124,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     store = ResultStore(Path(args.db) if args.db else out / "results.db")
     if args.dry_run:
         status = store.status_map()
+        # A finished run whose data or method settings changed since is trained again.
+        to_train = {p.run_id for p in pending(points, store, out / "runs", suite.robustness)[0]}
         for p in points:
             state = status.get(p.run_id, ("new", False))[0]
+            if state == FINISHED and p.run_id in to_train:
+                state = "stale"
             print(f"{p.run_id}  {state:<9} {p.cfg.method:<14} {p.label:<22} "
                   f"seed {p.cfg.train.seed}")
         print(f"{len(points)} runs")
@@ -137,9 +142,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import torch
 
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-    from equimodal.bench.runner import pending
-
     todo = len(pending(points, store, out / "runs", suite.robustness)[0])
     done = [0]
 

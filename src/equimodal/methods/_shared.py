@@ -39,7 +39,7 @@ from equimodal.types import Batch, ModelOutput, TaskInfo
 if TYPE_CHECKING:
     from equimodal.engine.context import StepContext
 
-PARAM_FILTERS = ("all", "weights")
+PARAM_FILTERS = ("all", "weights", "conv")
 
 
 def check_choices(name: str, cfg: Any, choices: Mapping[str, tuple[str, ...]]) -> None:
@@ -218,6 +218,8 @@ class GradientModulationBase(Method):
         params = [p for p in self.net.encoders[name].parameters() if p.requires_grad]
         if self.cfg.param_filter == "weights":
             params = [p for p in params if p.dim() >= 2]
+        elif self.cfg.param_filter == "conv":  # the reference's ``len(grad.size()) == 4``
+            params = [p for p in params if p.dim() == 4]
         return params
 
     def all_encoder_params(self) -> list[nn.Parameter]:

@@ -41,8 +41,13 @@ class OGMGEConfig(MethodConfig):
         ge: Generalisation enhancement: add ``N(0, std(g) + 1e-8)`` noise (``False``: OGM).
         ratio_minus_one: Use ``tanh(alpha * (rho - 1))`` instead of the paper's
             ``tanh(alpha * rho)``.
-        param_filter: ``all`` encoder parameters (the paper's theta^u) or ``weights`` (tensors
-            with two or more dimensions: the reference code modulates conv kernels only).
+        param_filter: ``all`` encoder parameters (the paper's theta^u), ``weights`` (tensors
+            with two or more dimensions) or ``conv`` (4-d conv kernels only: the reference
+            code's ``len(parms.grad.size()) == 4``, for image encoders such as ``convnet4``;
+            on an encoder without conv kernels nothing is modulated). The CG-MNIST suites
+            use ``conv``. Measured there (lr 0.02, 8k images, seed 0): with ``all`` the loss
+            became non-finite in epoch 2; with ``conv`` the train loss still rose (1.06,
+            2.89, 3.90 over epochs 1-3) and validation keeps the epoch before it.
         reference_tie: On an exact tie (no ratio above 1) follow the reference code's
             ``else`` branch: the first modality in the task's order (the reference's audio,
             ``a, v, out = model(...)``) gets ``k = 1 - tanh(alpha * relu(rho))`` with

@@ -59,7 +59,8 @@ class OPMConfig(MethodConfig):
         modulation_ends: Last epoch (inclusive) of OGM modulation.
         ge: OGM with generalisation-enhancement noise (the reference code's default).
         ratio_minus_one: OGM with ``tanh(alpha * (rho - 1))``.
-        param_filter: OGM on ``all`` encoder parameters or only ``weights`` (ndim >= 2).
+        param_filter: OGM on ``all`` encoder parameters, only ``weights`` (ndim >= 2) or
+            only ``conv`` kernels (ndim == 4, the OGM-GE reference code's rule).
     """
 
     variant: str = "opm"

@@ -1,0 +1,130 @@
+"""The CG-MNIST reproduction report: rows, ranks, Spearman and the CSV from a results database."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import sqlite3
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / \
+    "cgmnist_report.py"
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cgmnist_report", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["cgmnist_report"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ranks_share_ties_like_spearman(report: ModuleType) -> None:
+    from scipy.stats import rankdata
+
+    values = [3.0, 1.0, 3.0, 2.0, 5.0]
+    # ours ranks 1 = highest; scipy ranks 1 = lowest, so flip.
+    expected = [len(values) + 1 - r for r in rankdata(values)]
+    assert report.ranks(values) == pytest.approx(expected)
+
+
+def _run(label: str, method: str, seed: int, acc: float, run_dir: str = "",
+         status: str = "finished") -> dict:
+    test = {"accuracy": acc, "gray/accuracy": acc + 0.01, "color/accuracy": 0.1}
+    return {"label": label, "method": method, "seed": seed, "status": status,
+            "metrics": {"test": test, "valid": {"accuracy": acc - 0.05}},
+            "config": {"train": {"epochs": 6}, "data": {"n_train": 8000}},
+            "timings": {"job_cpu_seconds": 60.0}, "wall_seconds": 120.0, "reason": None,
+            "run_dir": run_dir}
+
+
+def _table1_runs(report: ModuleType, reverse: bool = False) -> list[dict]:
+    """One finished run per Table-1 method whose accuracy follows the paper's order."""
+    rows = [r for r in report.ROWS if r[0] == "t1" and r[1] in report.TABLE1_METHODS]
+    out = []
+    for _, _, paper, labels, method in rows:
+        acc = (100 - paper if reverse else paper) / 100
+        out.append(_run(labels[0], method, 0, acc))
+    return out
+
+
+def test_summarise_means_stds_and_spearman(report: ModuleType) -> None:
+    runs = _table1_runs(report)
+    runs += [_run("cgmnist-seeds", "sum", 1, 0.60), _run("cgmnist-seeds", "sum", 2, 0.70),
+             _run("cgmnist-seeds", "sum", 3, 0.10, status="failed")]
+    recs = {(r["table"], r["row"]): r for r in report.summarise(runs)}
+    s = recs[("t1", "Sum")]
+    accs = [64.07, 60.0, 70.0]
+    assert s["seeds"] == 3
+    assert s["ours_mean"] == pytest.approx(sum(accs) / 3)
+    assert s["ours_std"] == pytest.approx(float(__import__("statistics").stdev(accs)))
+    assert s["gray"] == pytest.approx(sum(accs) / 3 + 1)
+    assert recs[("t1", "Unimodal gray")]["seeds"] == 0
+    assert math.isnan(recs[("t2", "DO only")]["ours_mean"])
+    rho, _, n = report.spearman(list(recs.values()))
+    assert n == len(report.TABLE1_METHODS)
+    assert rho > 0.9  # Sum's mean moved a little; the order is otherwise the paper's
+    rho_rev, _, _ = report.spearman(report.summarise(_table1_runs(report, reverse=True)))
+    assert rho_rev == pytest.approx(-1.0)
+
+
+def test_main_writes_doc_csv_and_curves(report: ModuleType, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "bench" / "results.db"
+    db.parent.mkdir()
+    runs = _table1_runs(report)
+    udi = next(r for r in runs if r["method"] == "udi")
+    udi["run_dir"] = "runs/udi-cgmnist-x"
+    hist = db.parent / udi["run_dir"]
+    hist.mkdir(parents=True)
+    lines = [{"stage": "unimodal", "valid/accuracy": 0.5, "valid/gray/accuracy": 0.9},
+             {"stage": "follower_1", "valid/accuracy": 0.7, "valid/gray/accuracy": 0.9},
+             {"stage": "follower_1", "train/loss": 0.1}]  # no validation: skipped
+    (hist / "history.jsonl").write_text("\n".join(json.dumps(h) for h in lines))
+    # An older row of the same grid point (settings changed since) is superseded.
+    stale = dict(_run("cgmnist", "sum", 0, 0.99), updated_at="2026-01-01")
+    runs = [stale] + [dict(r, updated_at="2026-02-01") for r in runs]
+    cols = ["label", "method", "seed", "status", "metrics", "config", "timings",
+            "wall_seconds", "reason", "run_dir", "updated_at"]
+    con = sqlite3.connect(db)
+    con.execute(f"CREATE TABLE runs ({', '.join(cols)})")
+    for r in runs:
+        con.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(cols))})",
+                    [json.dumps(r[c]) if isinstance(r[c], dict) else r[c] for c in cols])
+    con.commit()
+    con.close()
+    doc, out_csv = tmp_path / "docs" / "cgmnist.md", tmp_path / "cgmnist.csv"
+    monkeypatch.setattr(sys, "argv", ["x", "--db", str(db), "--doc", str(doc),
+                                      "--csv", str(out_csv), "--notes", str(tmp_path / "no")])
+    report.main()
+    text = doc.read_text()
+    assert "**1.000**" in text  # Spearman over the 11 methods, in the paper's order
+    assert "unimodal:50.0 (gray 90), follower_1:70.0 (gray 90)" in text
+    assert (doc.parent / "cgmnist_curves.png").stat().st_size > 1000
+    rows = list(csv.DictReader(out_csv.open()))
+    assert list(rows[0]) == ["table", "row", "paper", "ours_mean", "ours_std", "seeds",
+                             "epochs", "n_train"]
+    assert {r["table"] for r in rows} == {"t1", "t2", "t3", "t4"}
+    sum_row = next(r for r in rows if r["row"] == "Sum")
+    assert (sum_row["ours_mean"], sum_row["seeds"], sum_row["epochs"]) == ("64.07", "1", "6")
+    assert next(r for r in rows if r["row"] == "DO only")["ours_mean"] == ""
+
+
+def test_calibrated_block_reads_its_own_labels(report: ModuleType) -> None:
+    rows = {r[1]: r[3] for r in report.block_rows("cal")}
+    assert rows["Sum"] == ("cal-cgmnist", "cal-cgmnist-seeds")
+    assert rows["color anchor"] == ("cal-t4-anchor-color",)
+    assert rows["Unimodal gray"] == ("unimodal-gray",)  # gray does not depend on the jitter
+    assert rows["Unimodal color"] == ("jitter-0.15-color",)
+    runs = [_run("cal-cgmnist", "sum", 0, 0.5), _run("cgmnist", "sum", 0, 0.2)]
+    cal = {r["row"]: r for r in report.summarise(runs, "cal")}
+    lit = {r["row"]: r for r in report.summarise(runs)}
+    assert (cal["Sum"]["ours_mean"], lit["Sum"]["ours_mean"]) == pytest.approx((50.0, 20.0))
