@@ -152,3 +152,21 @@ def test_cgmnist_udi_suites_expand_to_the_tables() -> None:
     bad = {"methods": ["sum"], "datasets": [{"name": "cgdigits", "methods": ["nope"]}]}
     with pytest.raises(KeyError, match="nope"):
         expand(suite_from_dict(bad), METHODS.names())
+
+
+def test_cgmnist_udi_long_suite_is_the_calibrated_udi_at_30_epochs() -> None:
+    from pathlib import Path
+
+    from equimodal.bench.suite import expand, load_suite
+    from equimodal.registry import METHODS
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / \
+        "cgmnist-udi-long.toml"
+    (point,) = expand(load_suite(str(path)), METHODS.names())
+    main = {p.label: p.cfg for p in expand(load_suite("cgmnist-udi"), METHODS.names())}
+    cal = main["cal-t4-anchor-color"]  # a calibrated UDI entry of the main suite
+    assert (point.label, point.cfg.method) == ("cal-long30", "udi")
+    assert (point.cfg.train.epochs, point.cfg.train.step_size) == (30, 24)
+    assert point.cfg.data == cal.data and point.cfg.model == cal.model
+    assert point.cfg.method_cfg == {"follower_epochs": 3}
+    assert (point.cfg.train.lr, point.cfg.train.optimizer) == (cal.train.lr, cal.train.optimizer)
