@@ -162,7 +162,9 @@ def test_cgmnist_udi_long_suite_is_the_calibrated_udi_at_30_epochs() -> None:
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / \
         "cgmnist-udi-long.toml"
-    (point,) = expand(load_suite(str(path)), METHODS.names())
+    points = expand(load_suite(str(path)), METHODS.names())
+    assert sorted(p.cfg.train.seed for p in points) == [0, 1, 2]
+    point = points[0]
     main = {p.label: p.cfg for p in expand(load_suite("cgmnist-udi"), METHODS.names())}
     cal = main["cal-t4-anchor-color"]  # a calibrated UDI entry of the main suite
     assert (point.label, point.cfg.method) == ("cal-long30", "udi")

@@ -132,9 +132,9 @@ def test_calibrated_block_reads_its_own_labels(report: ModuleType) -> None:
 
 def test_longer_budget_table(report: ModuleType, tmp_path: Path) -> None:
     runs = [_run("cal-cgmnist", "udi", 0, 0.90), _run("cal-long", "udi", 0, 0.95),
-            _run("cal-long30", "udi", 0, 0.97)]
+            _run("cal-long30", "udi", 0, 0.97), _run("cal-long30", "udi", 1, 0.99)]
     text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None,
                          report.summarise(runs, "cal"))
     row = next(line for line in text.splitlines() if line.startswith("| UDI | 99.12 | 90.00 (1;"))
-    assert "95.00 (1; 96.0 / 10.0)" in row and "97.00 (1; 98.0 / 10.0)" in row
+    assert "95.00 (1; 96.0 / 10.0)" in row and "98.00 ± 1.41 (2; 99.0 / 10.0)" in row
     assert "| Sum | 64.07 | — | — | — |" in text

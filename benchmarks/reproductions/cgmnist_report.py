@@ -355,9 +355,10 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
             cells = []
             for e in (6, 15, 30):
                 r = recs_e.get(e)
+                spread = f" ± {fmt(r['ours_std'])}" if r is not None and r["seeds"] > 1 else ""
                 cells.append("—" if r is None or not r["seeds"] else
-                             f"{fmt(r['ours_mean'])} ({r['seeds']}; {fmt(r['gray'], 1)} / "
-                             f"{fmt(r['color'], 1)})")
+                             f"{fmt(r['ours_mean'])}{spread} ({r['seeds']}; "
+                             f"{fmt(r['gray'], 1)} / {fmt(r['color'], 1)})")
             lines.append(f"| {name} | {paper[name]:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
     sens = [(name, _record(runs, "s", name, math.nan, labels, method),

@@ -285,8 +285,11 @@ def cgmnist(
     training images and validates (selects) on the test set; here train is the wheel's 50k,
     valid its 10k validation images colored like test, test the 10k test images, and the
     colors are drawn by this recipe (foreground = gray x color) rather than read from LNTL's
-    ``mnist_10color_jitter_var_0.030.npy``. Explicit keyword arguments other than the
-    defaults listed below win over the protocol.
+    ``mnist_10color_jitter_var_0.030.npy``. Our palette (10 fully saturated hues) makes
+    color a stronger shortcut than LNTL's: color alone reads the digit at 24.7 % on test
+    against the UDI paper's 71.69 %; ``color_var=0.15`` gives 75.4 %
+    (docs/reproductions/cgmnist.md). Explicit keyword arguments other than the defaults
+    listed below win over the protocol.
 
     Args:
         color_corr: Probability that a train/valid sample shows its class's color.
