@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sqlite3
@@ -13,18 +12,13 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / \
-    "cgmnist_report.py"
+from benchmark_scripts import load_script
+from equimodal.bench.store import ResultStore
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cgmnist_report", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cgmnist_report"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("reproductions/cgmnist_report.py", "cgmnist_report")
 
 
 def test_ranks_share_ties_like_spearman(report: ModuleType) -> None:
@@ -90,15 +84,13 @@ def test_main_writes_doc_csv_and_curves(report: ModuleType, tmp_path: Path,
              {"stage": "follower_1", "train/loss": 0.1}]  # no validation: skipped
     (hist / "history.jsonl").write_text("\n".join(json.dumps(h) for h in lines))
     # An older row of the same grid point (settings changed since) is superseded.
-    stale = dict(_run("cgmnist", "sum", 0, 0.99), updated_at="2026-01-01")
-    runs = [stale] + [dict(r, updated_at="2026-02-01") for r in runs]
-    cols = ["label", "method", "seed", "status", "metrics", "config", "timings",
-            "wall_seconds", "reason", "run_dir", "updated_at"]
+    store = ResultStore(db)
+    stale = dict(_run("cgmnist", "sum", 0, 0.99), run_id="stale")
+    for i, r in enumerate([stale, *runs]):
+        store.upsert({**r, "run_id": r.get("run_id", f"run{i}"), "dataset": "cgmnist",
+                      "run_dir": str(db.parent / r["run_dir"]) if r["run_dir"] else None})
     con = sqlite3.connect(db)
-    con.execute(f"CREATE TABLE runs ({', '.join(cols)})")
-    for r in runs:
-        con.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(cols))})",
-                    [json.dumps(r[c]) if isinstance(r[c], dict) else r[c] for c in cols])
+    con.execute("UPDATE runs SET updated_at = '2026-01-01' WHERE run_id = 'stale'")
     con.commit()
     con.close()
     doc, out_csv = tmp_path / "docs" / "cgmnist.md", tmp_path / "cgmnist.csv"

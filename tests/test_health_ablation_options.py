@@ -79,16 +79,9 @@ def test_ebmc_trust_calibration_distils_towards_the_raw_teacher(
 def test_health_set_overrides_the_method_not_concat() -> None:
     """``health.py --set``: the ablation reaches the specification method only, so concat's
     runs (and run ids) are the plain panel's; only method.* / train.* are accepted."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from benchmark_scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "health.py"
-    spec = importlib.util.spec_from_file_location("health_panel_ablation", path)
-    assert spec is not None and spec.loader is not None
-    health = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = health  # dataclasses look their module up there
-    spec.loader.exec_module(health)
+    health = load_script("health.py", "health_panel_ablation")
     base = ["--methods", "scope", "--datasets", "synthetic", "--seeds", "0", "--recipes",
             "shared"]
     plain = {p.cfg.method: p for p in health.grid(health.parse(base))}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +78,9 @@ def test_preset_trains_one_tiny_epoch(name: str, tmp_path: Path,
 
 
 def _health() -> Any:
-    import importlib.util
+    from benchmark_scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "health.py"
-    spec = importlib.util.spec_from_file_location("health_panel", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("health.py", "health_panel")
 
 
 def test_health_panel_grid_and_verdicts() -> None:

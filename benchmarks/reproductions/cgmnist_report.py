@@ -19,10 +19,12 @@ import argparse
 import csv
 import json
 import math
-import sqlite3
 import statistics
 from pathlib import Path
 from typing import Any
+
+from equimodal.bench.store import load_results
+from equimodal.bench.tables import latest_per_point
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -59,21 +61,16 @@ TABLE1_METHODS = [r[1] for r in ROWS if r[0] == "t1" and not r[1].startswith("Un
 
 
 def load_runs(db: Path) -> list[dict[str, Any]]:
-    """Rows of the ``runs`` table with JSON columns decoded, the latest per grid point.
-
-    A suite entry whose settings changed (e.g. a method option pinned later) gets a new run
-    id; the older row stays in the database but no longer belongs to the suite, so only the
-    most recently updated row of each (label, method, seed) is kept.
+    """The runs of the results database (JSON columns decoded, ``path`` the run folder),
+    the newest of each (method, label, seed) only: a suite entry whose settings changed gets
+    a new run id next to its superseded row (:func:`equimodal.bench.tables.latest_per_point`).
     """
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    latest: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    for r in con.execute("SELECT * FROM runs ORDER BY updated_at"):
-        d = dict(r)
-        for k in ("config", "metrics", "timings"):
-            d[k] = json.loads(d[k]) if d.get(k) else {}
-        latest[(d["label"], d["method"], d["seed"])] = d
-    return list(latest.values())
+    latest, _ = latest_per_point(load_results(db))
+    runs = latest.to_dict("records")
+    for r in runs:
+        for k in ("config", "metrics", "timings"):  # None (a failed run) or NaN: empty
+            r[k] = r[k] if isinstance(r.get(k), dict) else {}
+    return runs
 
 
 def _finished(runs: list[dict[str, Any]], labels: tuple[str, ...], method: str
@@ -190,21 +187,23 @@ CURVES = [("Sum (fused, OOD valid)", ("cgmnist", "cgmnist-seeds"), "sum"),
            "unimodal")]
 
 
-def history(db: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
+def history(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch records of one run (its ``history.jsonl``) that carry a validation."""
-    path = db.parent / run["run_dir"] / "history.jsonl"
+    if not isinstance(run.get("path"), str):  # no run folder (None, or NaN in the frame)
+        return []
+    path = Path(run["path"]) / "history.jsonl"
     if not path.exists():
         return []
     return [h for h in map(json.loads, path.read_text().splitlines()) if "valid/accuracy" in h]
 
 
-def curves(db: Path, runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+def curves(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Validation accuracy per epoch of the Sum, UDI and unimodal runs, as text."""
     out: dict[str, list[str]] = {}
     for _, labels, method in CURVES:
         for r in sorted(_finished(runs, labels, method), key=lambda r: (r["label"], r["seed"])):
             pts = []
-            for h in history(db, r):
+            for h in history(r):
                 stage = f"{h['stage']}:" if h.get("stage") not in (None, "main", "joint") else ""
                 branch = "/".join(f"{k.split('/')[1]} {100 * v:.0f}" for k, v in h.items()
                                   if k.startswith("valid/") and k.endswith("/accuracy")
@@ -215,7 +214,7 @@ def curves(db: Path, runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def plot_curves(db: Path, runs: list[dict[str, Any]], path: Path) -> bool:
+def plot_curves(runs: list[dict[str, Any]], path: Path) -> bool:
     """Validation accuracy per epoch (fused solid, branches dashed), one panel per method."""
     import matplotlib
 
@@ -226,7 +225,7 @@ def plot_curves(db: Path, runs: list[dict[str, Any]], path: Path) -> bool:
     drawn = False
     for ax, (title, labels, method) in zip(axes, CURVES, strict=True):
         for r in sorted(_finished(runs, labels, method), key=lambda r: (r["label"], r["seed"])):
-            hist = history(db, r)
+            hist = history(r)
             if not hist:
                 continue
             drawn = True
@@ -375,7 +374,7 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
                          f"{fmt(s['ours_mean'])} ({s['seeds']} seed) | "
                          f"{fmt(s['gray'], 1)} / {fmt(s['color'], 1)} |")
         lines.append("")
-    cur = curves(db, runs)
+    cur = curves(runs)
     if cur:
         lines += ["## Validation accuracy per epoch (Sum, UDI, unimodal; OOD valid)", ""]
         if figure:
@@ -415,7 +414,7 @@ def main() -> None:
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     figure = doc.with_name(doc.stem + "_curves.png")
-    drawn = plot_curves(db, runs, figure) if runs else False
+    drawn = plot_curves(runs, figure) if runs else False
     doc.write_text(render(recs, runs, db, notes, figure.name if drawn else None, cal))
     out_csv = Path(args.csv)
     write_csv(out_csv, recs)
