@@ -133,9 +133,12 @@ def test_longer_budget_tables(report: ModuleType, tmp_path: Path) -> None:
     assert "| Sum | 64.07 | — | — | — |" in text
     # Main suite: the paper's setting at 6 and 30 epochs (no calibrated block).
     runs = [_run("cgmnist", "udi", 0, 0.90), _run("cgmnist-seeds", "udi", 1, 0.92),
-            _run("long30", "udi", 0, 0.97), _run("long30-sum", "sum", 0, 0.40)]
+            _run("long30", "udi", 0, 0.97), _run("long30-sum", "sum", 0, 0.40),
+            _run("unimodal-gray", "unimodal", 0, 0.97)]
     text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None,
                          report.summarise(runs, "cal"))
+    # The gray row is shared with the calibrated block; alone it does not make one.
+    assert "Calibrated block" not in text and not report.has_runs(report.summarise(runs, "cal"))
     assert "| row | paper | 6 epochs | 30 epochs |" in text
     assert "| UDI | 99.12 | 91.00 ± 1.41 (2; 92.0 / 10.0) | 97.00 (1; 98.0 / 10.0) |" in text
     assert "| Sum | 64.07 | — | 40.00 (1; 41.0 / 10.0) |" in text
@@ -182,3 +185,18 @@ def test_palette_comparison_and_hsv_doc(report: ModuleType, tmp_path: Path,
     cal_rows = list(csv.DictReader((out_csv.parent / "cgmnist_hsv_calibrated.csv").open()))
     assert next(r for r in cal_rows if r["row"] == "UDI")["ours_mean"] == "94.00"
     assert not (out_csv.parent / "cgmnist_calibrated.csv").exists()  # main has no cal block
+
+
+def test_table1_at_30_epochs(report: ModuleType, tmp_path: Path) -> None:
+    rows = [r for r in report.ROWS if r[0] == "t1" and r[1] in report.TABLE1_METHODS]
+    labels = {r[1]: r[3] for r in report.block_rows("long30")}
+    assert labels["Sum"] == ("long30-sum",) and labels["UDI"] == ("long30",)
+    assert labels["PMR"] == ("long30-t1",) and "Unimodal gray" not in labels
+    runs = [_run(labels[row][0], method, 0, paper / 100) for _, row, paper, _, method in rows]
+    for r in runs:
+        r["config"]["train"]["epochs"] = 30
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None)
+    assert "### Table 1: CG-MNIST column (accuracy %) — 30 epochs" in text
+    assert "### Rank agreement — 30 epochs" in text and "**1.000**" in text
+    assert "Rows within 10 points of the paper: **11 of 11** that ran." in text
+    assert "| Greedy | 91.01 | 91.01 | +0.00 | 1 |" in text

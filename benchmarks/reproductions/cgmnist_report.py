@@ -42,7 +42,7 @@ ROWS: list[tuple[str, str, float, tuple[str, ...], str]] = [
     ("t1", "Unimodal gray", 99.32, ("unimodal-gray",), "unimodal"),
     ("t1", "Unimodal color", 71.69, ("unimodal-color",), "unimodal"),
     ("t1", "Sum", 64.07, ("cgmnist", "cgmnist-seeds"), "sum"),
-    ("t1", "MMPareto", 81.88, ("cgmnist",), "mmpareto"),
+    ("t1", "MMPareto", 81.88, ("cgmnist", "cgmnist-seeds"), "mmpareto"),
     ("t1", "LFM", 97.77, ("cgmnist",), "lfm"),
     ("t1", "OGM", 66.40, ("cgmnist",), "ogm_ge"),
     ("t1", "AGM", 67.64, ("cgmnist",), "agm"),
@@ -123,13 +123,25 @@ CALIBRATED_LABELS = {"unimodal-gray": "unimodal-gray",
                      "unimodal-color": f"jitter-{CALIBRATED_VAR:g}-color"}
 
 
+#: The 30-epoch Table 1 (main suite `long30*` + cgmnist-udi-long.toml): method -> labels.
+LONG30_LABELS = {"sum": ("long30-sum",), "udi": ("long30",)}
+
+
 def block_rows(block: str = "") -> list[tuple[str, str, float, tuple[str, ...], str]]:
     """ROWS with the suite labels of ``block`` ("" = the paper's protocol, "cal" = the
-    calibrated jitter)."""
+    calibrated jitter, "long30" = Table 1's methods at 30 epochs)."""
     if not block:
         return ROWS
+    if block == "long30":
+        return [(t, row, paper, LONG30_LABELS.get(method, ("long30-t1",)), method)
+                for t, row, paper, _, method in ROWS if t == "t1" and row in TABLE1_METHODS]
     return [(t, row, paper, tuple(CALIBRATED_LABELS.get(lab, f"{block}-{lab}") for lab in labs),
              method) for t, row, paper, labs, method in ROWS]
+
+
+def has_runs(recs: list[dict[str, Any]]) -> bool:
+    """Whether a block ran any of Table 1's methods (its unimodal gray row may be shared)."""
+    return any(r["seeds"] for r in recs if r["row"] in TABLE1_METHODS)
 
 
 def summarise(runs: list[dict[str, Any]], block: str = "") -> list[dict[str, Any]]:
@@ -156,11 +168,13 @@ class Variant:
         long_title: Heading of the longer-budget table.
         sensitivity: (heading, sentence, column of the changed setting, rows) of a data
             sensitivity check, or ``None``.
+        jitters: Whether it holds the color-alone jitter calibration (:data:`JITTERS`).
     """
 
     long: Budgets
     long_title: str
     sensitivity: tuple[str, str, str, SensitivityRows] | None = None
+    jitters: bool = False
 
 
 #: The main suite (`cgmnist-udi`): 30-epoch Sum and UDI, uniform test colors.
@@ -192,7 +206,8 @@ HSV = Variant(
         "jitter 0.1",
         [("Unimodal color", ("jitter-0.1-color",), "unimodal", ("unimodal-color",)),
          ("Sum", ("jitter-0.1",), "sum", ("cgmnist", "cgmnist-seeds")),
-         ("UDI", ("jitter-0.1",), "udi", ("cgmnist", "cgmnist-seeds"))]))
+         ("UDI", ("jitter-0.1",), "udi", ("cgmnist", "cgmnist-seeds"))]),
+    jitters=True)
 
 
 def spearman(recs: list[dict[str, Any]]) -> tuple[float, float, int]:
@@ -337,9 +352,10 @@ def _table_lines(recs: list[dict[str, Any]], t: str) -> list[str]:
     return lines + [""]
 
 
-def _block_lines(recs: list[dict[str, Any]], suffix: str = "") -> list[str]:
+def _block_lines(recs: list[dict[str, Any]], suffix: str = "",
+                 tables: tuple[str, ...] = ("t1", "t2", "t3", "t4")) -> list[str]:
     lines: list[str] = []
-    for t in ("t1", "t2", "t3", "t4"):
+    for t in tables:
         tl = _table_lines(recs, t)
         tl[0] += suffix
         lines += tl
@@ -349,6 +365,9 @@ def _block_lines(recs: list[dict[str, Any]], suffix: str = "") -> list[str]:
               f"{n} of {len(TABLE1_METHODS)} methods that ran: **{fmt(rho, 3)}** "
               f"(p = {fmt(pval, 3)})" + (" (needs at least 3 methods)" if n < 3 else "") + ".",
               ""]
+    ran = [r for r in recs if r["table"] in tables and r["seeds"]]
+    close = sum(1 for r in ran if abs(r["ours_mean"] - r["paper"]) <= 10)
+    lines += [f"Rows within 10 points of the paper: **{close} of {len(ran)}** that ran.", ""]
     return lines
 
 
@@ -446,13 +465,17 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
              "on test. *gray / color branch*: each branch's own read-out (its logits alone) "
              "inside the trained model, test accuracy. The analysis of every gap follows the "
              "tables.", ""]
-    has_cal = bool(calibrated) and any(r["seeds"] for r in calibrated or [])
+    has_cal = has_runs(calibrated or [])
     lines += _block_lines(recs)
     if not has_cal:
         lines += _long_lines(runs, variant.long, variant.long_title)
+        long30 = summarise(runs, "long30")
+        if sum(1 for r in long30 if r["seeds"]) > 2:
+            lines += [x.replace("## ", "### ", 1) if x.startswith("## ") else x
+                      for x in _block_lines(long30, " — 30 epochs", tables=("t1",))]
     lines += extra or []
     jit = [(v, _record(runs, "j", lab, math.nan, (lab,), "unimodal")) for v, lab in JITTERS]
-    if any(r["seeds"] for _, r in jit):
+    if variant.jitters and any(r["seeds"] for _, r in jit):
         lines += ["## Color alone against the color jitter (calibration)", "",
                   "The paper's color-unimodal row (71.69 %) measures how much its color "
                   "modality says about the digit at test time. The calibrated block below "
@@ -513,8 +536,9 @@ def write_doc(db: Path, doc: Path, out_csv: Path, notes_path: Path, variant: Var
                   else notes_path.name)
     doc.write_text(render(recs, runs, db, notes, figure.name if drawn else None, cal,
                           variant=variant, title=title, extra=extra, notes_name=notes_name))
-    write_csv(out_csv, recs)
-    if any(r["seeds"] for r in cal):
+    # The 30-epoch Table 1 rows join the CSV (its ``epochs`` column tells them apart).
+    write_csv(out_csv, recs + [r for r in summarise(runs, "long30") if r["seeds"]])
+    if has_runs(cal):
         write_csv(out_csv.with_name(out_csv.stem + "_calibrated.csv"), cal)
     return recs, cal
 
