@@ -77,13 +77,13 @@ def test_cgmnist_paper_protocol() -> None:
     # gray normalised as the reference: background 0 -> -0.1307 / 0.3081
     assert abs(float(g.min()) + 0.1307 / 0.3081) < 1e-5 and float(g.max()) > 2.5
     col = d.train.inputs["color"].view(-1, 3, 784)
-    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None]
-    std = torch.tensor([0.2023, 0.1994, 0.2010])[:, None]
-    torch.testing.assert_close(col.amin((0, 2)), -(mean / std)[:, 0])  # black background
+    mean = torch.tensor([0.4914, 0.4822, 0.4465])
+    std = torch.tensor([0.2023, 0.1994, 0.2010])
+    torch.testing.assert_close(col.amin((0, 2)), -(mean / std))  # black background
     # color fully tied in train (color_corr 1.0), random in valid (OOD) and test
     agree = {}
     for s in ("train", "valid", "test"):
-        raw = (d.split(s).inputs["color"].view(-1, 3, 784) * std + mean).reshape(-1, 2352)
+        raw = _raw_color(d, s).reshape(-1, 2352)
         agree[s] = float((color_class(raw.numpy(), "lntl") == d.split(s).target.numpy()).mean())
     assert agree["train"] == 1.0 and agree["valid"] < 0.2 and agree["test"] < 0.2
     assert d.info.modalities["gray"].dim == 784 and d.info.modalities["color"].dim == 2352

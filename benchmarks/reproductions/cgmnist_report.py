@@ -179,8 +179,8 @@ class Variant:
 
 #: The main suite (`cgmnist-udi`): 30-epoch Sum and UDI, uniform test colors.
 MAIN = Variant(
-    long=[("Sum", "sum", {6: ("cgmnist", "cgmnist-seeds"), 30: ("long30-sum",)}),
-          ("UDI", "udi", {6: ("cgmnist", "cgmnist-seeds"), 30: ("long30",)})],
+    long=[("Sum", "sum", {6: ("cgmnist", "cgmnist-seeds"), 30: LONG30_LABELS["sum"]}),
+          ("UDI", "udi", {6: ("cgmnist", "cgmnist-seeds"), 30: LONG30_LABELS["udi"]})],
     long_title="Longer budgets (StepLR after epoch 5, 24)",
     sensitivity=(
         "Data sensitivity: test colors uniform over the RGB cube",
@@ -465,7 +465,8 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
              "on test. *gray / color branch*: each branch's own read-out (its logits alone) "
              "inside the trained model, test accuracy. The analysis of every gap follows the "
              "tables.", ""]
-    has_cal = has_runs(calibrated or [])
+    calibrated = calibrated or []
+    has_cal = has_runs(calibrated)
     lines += _block_lines(recs)
     if not has_cal:
         lines += _long_lines(runs, variant.long, variant.long_title)
@@ -486,7 +487,7 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
         lines += [f"| {v:g} | {fmt(r['valid_mean'])} | {fmt(r['ours_mean'])} | {r['seeds']} |"
                   for v, r in jit]
         lines.append("")
-    if calibrated and has_cal:
+    if has_cal:
         suffix = f" — calibrated jitter {CALIBRATED_VAR:g}"
         lines += [f"## Calibrated block: color jitter {CALIBRATED_VAR:g}", "",
                   "Everything as above except the color jitter variance "
@@ -522,11 +523,11 @@ def write_csv(path: Path, recs: list[dict[str, Any]]) -> None:
                         r["seeds"], r["epochs"], r["n_train"]])
 
 
-def write_doc(db: Path, doc: Path, out_csv: Path, notes_path: Path, variant: Variant = MAIN,
-              extra: list[str] | None = None, title: str = ""
+def write_doc(db: Path, runs: list[dict[str, Any]], doc: Path, out_csv: Path, notes_path: Path,
+              variant: Variant = MAIN, extra: list[str] | None = None, title: str = ""
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write one database's doc (+ curves figure) and CSVs; return its (recs, calibrated)."""
-    runs = load_runs(db) if db.exists() else []
+    """Write the doc (+ curves figure) and CSVs of ``runs`` (:func:`load_runs` of ``db``);
+    return its (recs, calibrated)."""
     recs, cal = summarise(runs), summarise(runs, "cal")
     notes = notes_path.read_text() if notes_path.exists() else ""
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -554,16 +555,16 @@ def main() -> None:
     p.add_argument("--notes", default=str(HERE / "cgmnist_notes.md"))
     p.add_argument("--hsv-notes", default=str(HERE / "cgmnist_hsv_notes.md"))
     args = p.parse_args()
-    doc, out_csv = Path(args.doc), Path(args.csv)
+    doc, out_csv, db = Path(args.doc), Path(args.csv), Path(args.db)
+    runs = load_runs(db) if db.exists() else []
     extra: list[str] = []
     if args.hsv_db:
-        hsv_doc = doc.with_name(doc.stem + "-hsv.md")
-        hsv, hsv_cal = write_doc(Path(args.hsv_db), hsv_doc,
+        hsv_db, hsv_doc = Path(args.hsv_db), doc.with_name(doc.stem + "-hsv.md")
+        hsv, hsv_cal = write_doc(hsv_db, load_runs(hsv_db) if hsv_db.exists() else [], hsv_doc,
                                  out_csv.with_name(out_csv.stem + "_hsv.csv"),
                                  Path(args.hsv_notes), HSV, title=" — HSV palette")
-        db_recs = summarise(load_runs(Path(args.db))) if Path(args.db).exists() else []
-        extra = palette_lines(db_recs, hsv, hsv_cal, hsv_doc.name)
-    recs, _ = write_doc(Path(args.db), doc, out_csv, Path(args.notes), extra=extra)
+        extra = palette_lines(summarise(runs), hsv, hsv_cal, hsv_doc.name)
+    recs, _ = write_doc(db, runs, doc, out_csv, Path(args.notes), extra=extra)
     rho, _, n = spearman(recs)
     print(f"wrote {doc} and {out_csv}: {sum(1 for r in recs if r['seeds'])} of "
           f"{len(recs)} rows with results; Spearman {fmt(rho, 3)} over {n} methods")

@@ -62,11 +62,11 @@ class GreedyConfig(MethodConfig):
         loss: ``branches`` (default): the sum of every branch's cross-entropy, as the
             reference code trains (``blend_loss`` in ``train.py``: one loss per branch
             output, the prediction is their mean); ``fused``: the cross-entropy of the mean
-            logits (this module's reading before). Measured on CG-MNIST (6 epochs, 8k
-            images, seed 0, jitter 0.030): with ``fused`` the gray branch collapsed to one
-            class (read-out 10.1 %, the color branch's logits carried the mean to a training
-            loss of 0.08) and the fused test accuracy was 21.2 %; see
-            docs/reproductions/cgmnist.md for ``branches``.
+            logits (this module's reading before). Measured on CG-MNIST (HSV palette, 6
+            epochs, 8k images, seed 0, jitter 0.030): with ``fused`` the gray branch collapsed
+            to one class (read-out 10.1 %, the color branch's logits carried the mean to a
+            training loss of 0.08) and the fused test accuracy was 21.2 %; see
+            docs/reproductions/cgmnist-hsv.md for ``branches``.
     """
 
     threshold: float = 0.01

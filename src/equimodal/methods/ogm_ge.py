@@ -45,10 +45,10 @@ class OGMGEConfig(MethodConfig):
             with two or more dimensions) or ``conv`` (4-d conv kernels only: the reference
             code's ``len(parms.grad.size()) == 4``, for image encoders such as ``convnet4``;
             on an encoder without conv kernels nothing is modulated). The CG-MNIST suites
-            use ``conv``. Measured there (lr 0.02, 8k images, seed 0) with GE on: with
-            ``all`` the loss became non-finite in epoch 2; with ``conv`` the train loss
-            still rose (1.06, 2.89, 3.90 over epochs 1-3) and became non-finite in epoch 5,
-            so the CPU suite also sets ``ge=false``.
+            use ``conv``. Measured there (HSV palette, lr 0.02, 8k images, seed 0) with GE
+            on: with ``all`` the loss became non-finite in epoch 2; with ``conv`` the train
+            loss still rose (1.06, 2.89, 3.90 over epochs 1-3) and became non-finite in
+            epoch 5, so the CPU suite also sets ``ge=false``.
         reference_tie: On an exact tie (no ratio above 1) follow the reference code's
             ``else`` branch: the first modality in the task's order (the reference's audio,
             ``a, v, out = model(...)``) gets ``k = 1 - tanh(alpha * relu(rho))`` with

@@ -232,13 +232,11 @@ def _cg_data(
 ) -> MultimodalData:
     if not 0.0 <= color_corr <= 1.0:
         raise DataError(f"{name}: color_corr must be in [0, 1], got {color_corr}")
-    if valid_colors not in VALID_COLORS:
-        raise DataError(f"{name}: valid_colors must be one of {VALID_COLORS}, got {valid_colors!r}")
-    if random_colors not in RANDOM_COLORS:
-        raise DataError(
-            f"{name}: random_colors must be one of {RANDOM_COLORS}, got {random_colors!r}")
-    if palette not in PALETTES:
-        raise DataError(f"{name}: palette must be one of {tuple(PALETTES)}, got {palette!r}")
+    for field, value, options in (("valid_colors", valid_colors, VALID_COLORS),
+                                  ("random_colors", random_colors, RANDOM_COLORS),
+                                  ("palette", palette, tuple(PALETTES))):
+        if value not in options:
+            raise DataError(f"{name}: {field} must be one of {options}, got {value!r}")
     random_splits = {"test"} | ({"valid"} if valid_colors == "random" else set())
     splits = {}
     for i, s in enumerate(SPLITS):
