@@ -199,6 +199,31 @@ def test_cgmnist_hsv_suites_are_the_main_protocol_with_the_hsv_palette() -> None
     assert long.cfg.method_cfg == {"follower_epochs": 3}
 
 
+def test_cgmnist_follower_and_full_data_suites_differ_from_the_main_one_where_stated() -> None:
+    main = {(p.label, p.cfg.method, p.cfg.train.seed): p.cfg for p in _suite("cgmnist-udi")}
+    long30 = main[("long30", "udi", 0)]
+    # UDI at 30 epochs: the main suite's long30 runs except for the follower stage.
+    follower = {(p.label, p.cfg.train.seed): p.cfg for p in _suite("cgmnist-udi-follower.toml")}
+    assert set(follower) == {(lab, s) for lab in ("long30-follower30", "follower-init-unimodal")
+                             for s in (0, 1, 2)}
+    for (label, seed), cfg in follower.items():
+        same = main[("long30", "udi", seed)]
+        assert (cfg.data, cfg.model, cfg.train) == (same.data, same.model, same.train)
+        assert cfg.method_cfg == ({} if label == "long30-follower30"
+                                  else {"follower_init": "unimodal"})
+    assert long30.method_cfg == {"follower_epochs": 3}
+    # All 50,000 images at the main suite's 6-epoch recipe; UDI's follower at its default.
+    full = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-full.toml")}
+    assert set(full) == {("full6", "udi"), ("full6", "sum"), ("full6-gray", "unimodal"),
+                         ("full6-color", "unimodal")}
+    six = main[("cgmnist", "sum", 0)]
+    for cfg in full.values():
+        assert cfg.data == {"protocol": "paper", "n_valid": 2000}
+        assert (cfg.model, cfg.train) == (six.model, six.train)
+    assert full[("full6", "udi")].method_cfg == {}
+    assert full[("full6-color", "unimodal")].method_cfg == {"modality": "color"}
+
+
 def _raw_color(d: MultimodalData, split: str) -> torch.Tensor:
     """The color modality in [0, 1] as [N, 3, 784] (undoing the paper normalisation)."""
     mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None]

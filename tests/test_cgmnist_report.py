@@ -139,9 +139,18 @@ def test_longer_budget_tables(report: ModuleType, tmp_path: Path) -> None:
                          report.summarise(runs, "cal"))
     # The gray row is shared with the calibrated block; alone it does not make one.
     assert "Calibrated block" not in text and not report.has_runs(report.summarise(runs, "cal"))
-    assert "| row | paper | 6 epochs | 30 epochs |" in text
-    assert "| UDI | 99.12 | 91.00 ± 1.41 (2; 92.0 / 10.0) | 97.00 (1; 98.0 / 10.0) |" in text
-    assert "| Sum | 64.07 | — | 40.00 (1; 41.0 / 10.0) |" in text
+    assert "| row | paper | 6 epochs | 30 epochs | 6 epochs × 50,000 images |" in text
+    assert ("| UDI, follower stage 3 epochs | 99.12 | 91.00 ± 1.41 (2; 92.0 / 10.0) | "
+            "97.00 (1; 98.0 / 10.0) | — |") in text
+    assert "| Sum | 64.07 | — | 40.00 (1; 41.0 / 10.0) | — |" in text
+    assert "| Unimodal gray | 99.32 | 97.00 (1; 98.0 / 10.0) | — | — |" in text
+    # The method-default follower at 30 epochs and the full-data column: their own rows/cells.
+    runs += [_run("long30-follower30", "udi", s, 0.96 + 0.02 * s) for s in range(2)]
+    runs += [_run("full6", "udi", 0, 0.95), _run("full6-color", "unimodal", 0, 0.6)]
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None)
+    assert ("| UDI, follower stage = epochs (default) | 99.12 | — | 97.00 ± 1.41 (2; 98.0 / "
+            "10.0) | 95.00 (1; 96.0 / 10.0) |") in text
+    assert "| Unimodal color | 71.69 | — | — | 60.00 (1; 61.0 / 10.0) |" in text
 
 
 def test_uniform_test_colors_sensitivity(report: ModuleType, tmp_path: Path) -> None:
@@ -190,7 +199,8 @@ def test_palette_comparison_and_hsv_doc(report: ModuleType, tmp_path: Path,
 def test_table1_at_30_epochs(report: ModuleType, tmp_path: Path) -> None:
     rows = [r for r in report.ROWS if r[0] == "t1" and r[1] in report.TABLE1_METHODS]
     labels = {r[1]: r[3] for r in report.block_rows("long30")}
-    assert labels["Sum"] == ("long30-sum",) and labels["UDI"] == ("long30",)
+    # UDI's 30-epoch row: its method default (follower stage = train.epochs).
+    assert labels["Sum"] == ("long30-sum",) and labels["UDI"] == ("long30-follower30",)
     assert labels["PMR"] == ("long30-t1",) and "Unimodal gray" not in labels
     runs = [_run(labels[row][0], method, 0, paper / 100) for _, row, paper, _, method in rows]
     for r in runs:
@@ -200,3 +210,19 @@ def test_table1_at_30_epochs(report: ModuleType, tmp_path: Path) -> None:
     assert "### Rank agreement — 30 epochs" in text and "**1.000**" in text
     assert "Rows within 10 points of the paper: **11 of 11** that ran." in text
     assert "| Greedy | 91.01 | 91.01 | +0.00 | 1 |" in text
+
+
+def test_full_data_rows_join_the_csv(report: ModuleType, tmp_path: Path) -> None:
+    rows = {r[1]: (r[3], r[4]) for r in report.block_rows("full6")}
+    assert set(rows) == {"Unimodal gray", "Unimodal color", "Sum", "UDI"}
+    runs = [_run(labels[0], method, 0, 0.5) for labels, method in rows.values()]
+    runs += [_run("cgmnist", "sum", 0, 0.45)]
+    for r in runs[:-1]:
+        r["config"]["data"] = {"n_train": None}  # all 50,000 images
+    db = tmp_path / "results.db"
+    out_csv = tmp_path / "cgmnist.csv"
+    report.write_doc(db, runs, tmp_path / "cgmnist.md", out_csv, tmp_path / "no-notes.md")
+    got = [(r["row"], r["n_train"], r["ours_mean"]) for r in csv.DictReader(out_csv.open())
+           if r["seeds"] != "0"]
+    assert ("Sum", "8000", "45.00") in got and ("Sum", "50000", "50.00") in got
+    assert ("UDI", "50000", "50.00") in got and ("Unimodal color", "50000", "50.00") in got
