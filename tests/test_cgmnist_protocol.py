@@ -224,6 +224,18 @@ def test_cgmnist_follower_and_full_data_suites_differ_from_the_main_one_where_st
     assert full[("full6-color", "unimodal")].method_cfg == {"modality": "color"}
 
 
+def test_cgmnist_long_suite_clips_only_pmrs_rerun() -> None:
+    points = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-long.toml")}
+    assert len(points) == 10
+    clipped = {k for k, cfg in points.items() if cfg.train.clip_norm}
+    assert clipped == {("long30-pmr-clip", "pmr")}
+    rerun, first = points[("long30-pmr-clip", "pmr")], points[("long30-t1", "pmr")]
+    assert rerun.train.clip_norm == 1.0
+    assert (rerun.data, rerun.model, rerun.method_cfg) == (first.data, first.model,
+                                                           first.method_cfg)
+    assert {(c.train.epochs, c.train.step_size) for c in points.values()} == {(30, 24)}
+
+
 def _raw_color(d: MultimodalData, split: str) -> torch.Tensor:
     """The color modality in [0, 1] as [N, 3, 784] (undoing the paper normalisation)."""
     mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None]

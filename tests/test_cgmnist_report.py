@@ -201,7 +201,7 @@ def test_table1_at_30_epochs(report: ModuleType, tmp_path: Path) -> None:
     labels = {r[1]: r[3] for r in report.block_rows("long30")}
     # UDI's 30-epoch row: its method default (follower stage = train.epochs).
     assert labels["Sum"] == ("long30-sum",) and labels["UDI"] == ("long30-follower30",)
-    assert labels["PMR"] == ("long30-t1",) and "Unimodal gray" not in labels
+    assert labels["PMR"] == ("long30-t1", "long30-pmr-clip") and "Unimodal gray" not in labels
     runs = [_run(labels[row][0], method, 0, paper / 100) for _, row, paper, _, method in rows]
     for r in runs:
         r["config"]["train"]["epochs"] = 30
@@ -210,6 +210,14 @@ def test_table1_at_30_epochs(report: ModuleType, tmp_path: Path) -> None:
     assert "### Rank agreement — 30 epochs" in text and "**1.000**" in text
     assert "Rows within 10 points of the paper: **11 of 11** that ran." in text
     assert "| Greedy | 91.01 | 91.01 | +0.00 | 1 |" in text
+    # PMR's clipped rerun replaces its failed run, and its budget says so.
+    pmr = next(r for r in runs if r["method"] == "pmr")
+    pmr["label"], pmr["config"]["train"]["clip_norm"] = "long30-pmr-clip", 1.0
+    failed = _run("long30-t1", "pmr", 0, 0.1, status="failed")
+    text = report.render(report.summarise(runs), [*runs, failed], tmp_path / "results.db", "",
+                         None)
+    assert "| PMR | 78.50 | 78.50 | +0.00 | 1 |" in text and ", clip_norm 1 |" in text
+    assert text.count("clip_norm") == 1
 
 
 def test_full_data_rows_join_the_csv(report: ModuleType, tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ def _record(runs: list[dict[str, Any]], table: str, row: str, paper: float,
         "valid_mean": _mean_std([100 * r["metrics"]["valid"]["accuracy"] for r in done])[0],
         "epochs": cfg.get("train", {}).get("epochs", ""),
         "n_train": cfg.get("data", {}).get("n_train") or (50000 if cfg else ""),
+        "clip": cfg.get("train", {}).get("clip_norm") or 0.0,
         "minutes": statistics.fmean([(r["wall_seconds"] or 0) / 60 for r in done]) if done
         else math.nan,
         "failed": [r["reason"] for r in runs if r["label"] in labels
@@ -127,7 +128,10 @@ CALIBRATED_LABELS = {"unimodal-gray": "unimodal-gray",
 #: UDI's row is its method default (follower stage = train.epochs, Algorithm 1's E^m,
 #: cgmnist-udi-follower.toml), chosen before its test figures were read; the main suite's
 #: ``long30`` runs (follower stage pinned to 3 epochs) stay in the longer-budget table.
-LONG30_LABELS = {"sum": ("long30-sum",), "udi": ("long30-follower30",)}
+#: PMR's row is its clipped rerun (``train.clip_norm=1``; the unclipped run diverged), which
+#: the budget column names.
+LONG30_LABELS = {"sum": ("long30-sum",), "udi": ("long30-follower30",),
+                 "pmr": ("long30-t1", "long30-pmr-clip")}
 
 
 #: Table 1's rows trained on all 50,000 images for 6 epochs (cgmnist-udi-full.toml).
@@ -369,7 +373,8 @@ def _table_lines(recs: list[dict[str, Any]], t: str) -> list[str]:
                     else fmt(r["ours_mean"]))
             diff = f"{r['ours_mean'] - r['paper']:+.2f}"
             flag = " **(>10)**" if abs(r["ours_mean"] - r["paper"]) > 10 else ""
-            budget = f"{r['epochs']} ep × {r['n_train']}, {r['minutes']:.1f} min"
+            budget = (f"{r['epochs']} ep × {r['n_train']}, {r['minutes']:.1f} min"
+                      + (f", clip_norm {r['clip']:g}" if r["clip"] else ""))
         else:
             ours, diff, flag = "not run" + (" (failed)" if r["failed"] else ""), "—", ""
             budget = "—"
