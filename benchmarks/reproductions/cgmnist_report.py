@@ -66,6 +66,8 @@ TITLES = {"t1": "Table 1: CG-MNIST column (accuracy %)",
           "t3": "Table 3: fixed loss weights (alpha_con, alpha_com)",
           "t4": "Table 4: anchor choice (App. A.7)"}
 TABLE1_METHODS = [r[1] for r in ROWS if r[0] == "t1" and not r[1].startswith("Unimodal")]
+#: Suite labels of Table 1's rows in the paper's protocol: the one source for the other tables.
+T1_LABELS = {row: labels for t, row, _, labels, _ in ROWS if t == "t1"}
 
 
 def load_runs(db: Path) -> list[dict[str, Any]]:
@@ -201,13 +203,13 @@ class Variant:
 _SIX, _THIRTY, _FULL = "6 epochs", "30 epochs", "6 epochs × 50,000 images"
 MAIN = Variant(
     long=[("Unimodal gray", "Unimodal gray", "unimodal",
-           {_SIX: ("unimodal-gray",), _FULL: FULL6_LABELS["Unimodal gray"]}),
+           {_SIX: T1_LABELS["Unimodal gray"], _FULL: FULL6_LABELS["Unimodal gray"]}),
           ("Unimodal color", "Unimodal color", "unimodal",
-           {_SIX: ("unimodal-color",), _FULL: FULL6_LABELS["Unimodal color"]}),
-          ("Sum", "Sum", "sum", {_SIX: ("cgmnist", "cgmnist-seeds"),
+           {_SIX: T1_LABELS["Unimodal color"], _FULL: FULL6_LABELS["Unimodal color"]}),
+          ("Sum", "Sum", "sum", {_SIX: T1_LABELS["Sum"],
                                  _THIRTY: LONG30_LABELS["sum"], _FULL: FULL6_LABELS["Sum"]}),
           ("UDI, follower stage 3 epochs", "UDI", "udi",
-           {_SIX: ("cgmnist", "cgmnist-seeds"), _THIRTY: ("long30",)}),
+           {_SIX: T1_LABELS["UDI"], _THIRTY: ("long30",)}),
           ("UDI, follower stage = epochs (default)", "UDI", "udi",
            {_THIRTY: LONG30_LABELS["udi"], _FULL: FULL6_LABELS["UDI"]}),
           ("UDI, follower = epochs, started from its selection-stage weights", "UDI", "udi",
@@ -220,9 +222,9 @@ MAIN = Variant(
         "uniformly from the RGB cube instead of a random class's jittered color (LNTL says "
         "only that test colors are random).",
         "uniform test colors",
-        [("Unimodal color", ("uniform-test-color",), "unimodal", ("unimodal-color",)),
-         ("Sum", ("uniform-test",), "sum", ("cgmnist", "cgmnist-seeds")),
-         ("UDI", ("uniform-test",), "udi", ("cgmnist", "cgmnist-seeds"))]))
+        [("Unimodal color", ("uniform-test-color",), "unimodal", T1_LABELS["Unimodal color"]),
+         ("Sum", ("uniform-test",), "sum", T1_LABELS["Sum"]),
+         ("UDI", ("uniform-test",), "udi", T1_LABELS["UDI"])]))
 
 #: The HSV palette's suite (benchmarks/reproductions/cgmnist-hsv.toml): its calibrated block
 #: at longer budgets (the 30-epoch UDI runs from cgmnist-hsv-long.toml) and jitter 0.1.
@@ -238,9 +240,9 @@ HSV = Variant(
         "Not a paper row: the same protocol and budget with a wider color jitter, so that "
         "color alone separates the classes less well in training.",
         "jitter 0.1",
-        [("Unimodal color", ("jitter-0.1-color",), "unimodal", ("unimodal-color",)),
-         ("Sum", ("jitter-0.1",), "sum", ("cgmnist", "cgmnist-seeds")),
-         ("UDI", ("jitter-0.1",), "udi", ("cgmnist", "cgmnist-seeds"))]),
+        [("Unimodal color", ("jitter-0.1-color",), "unimodal", T1_LABELS["Unimodal color"]),
+         ("Sum", ("jitter-0.1",), "sum", T1_LABELS["Sum"]),
+         ("UDI", ("jitter-0.1",), "udi", T1_LABELS["UDI"])]),
     jitters=True)
 
 
@@ -272,8 +274,8 @@ def ranks(values: list[float]) -> list[float]:
 
 
 #: The curves: (panel title, suite labels, method).
-CURVES = [("Sum (fused, OOD valid)", ("cgmnist", "cgmnist-seeds"), "sum"),
-          ("UDI (fused; selection stage, then follower)", ("cgmnist", "cgmnist-seeds"), "udi"),
+CURVES = [("Sum (fused, OOD valid)", T1_LABELS["Sum"], "sum"),
+          ("UDI (fused; selection stage, then follower)", T1_LABELS["UDI"], "udi"),
           ("Unimodal gray / color", ("unimodal-gray", "unimodal-color"), "unimodal"),
           ("15 epochs (StepLR at 12): Sum", ("convergence",), "sum"),
           ("15 epochs (StepLR at 12): unimodal", ("convergence-gray", "convergence-color"),
