@@ -225,8 +225,19 @@ def test_cgmnist_follower_and_full_data_suites_differ_from_the_main_one_where_st
 
 
 def test_cgmnist_long_suite_clips_only_pmrs_rerun() -> None:
-    points = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-long.toml")}
-    assert len(points) == 10
+    expanded = _suite("cgmnist-udi-long.toml")
+    points = {(p.label, p.cfg.method): p.cfg for p in expanded}
+    assert len(points) == 11 and len(expanded) == 12
+    # MMPareto's two extra seeds are its long30-t1 run with another seed, nothing else.
+    seeds = [p.cfg for p in expanded if p.label == "long30-seeds"]
+    assert sorted(c.train.seed for c in seeds) == [1, 2] and {c.method for c in seeds} == {
+        "mmpareto"}
+    first_mmp = points[("long30-t1", "mmpareto")]
+    for c in seeds:
+        assert (c.data, c.model, c.method_cfg) == (first_mmp.data, first_mmp.model,
+                                                   first_mmp.method_cfg)
+        assert {k: v for k, v in vars(c.train).items() if k != "seed"} == {
+            k: v for k, v in vars(first_mmp.train).items() if k != "seed"}
     clipped = {k for k, cfg in points.items() if cfg.train.clip_norm}
     assert clipped == {("long30-pmr-clip", "pmr")}
     rerun, first = points[("long30-pmr-clip", "pmr")], points[("long30-t1", "pmr")]
@@ -234,6 +245,28 @@ def test_cgmnist_long_suite_clips_only_pmrs_rerun() -> None:
     assert (rerun.data, rerun.model, rerun.method_cfg) == (first.data, first.model,
                                                            first.method_cfg)
     assert {(c.train.epochs, c.train.step_size) for c in points.values()} == {(30, 24)}
+
+
+def test_cgmnist_heldout_suite_changes_only_the_stated_settings() -> None:
+    """PMR's prototype variants and LFM's heuristic schedule: the main suite's runs (or the
+    30-epoch clipped PMR rerun) with the named method settings changed, nothing else."""
+    main = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi")}
+    long = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-long.toml")}
+    held = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-heldout.toml")}
+    ref = {"proto_source": "valid", "proto_fraction": 0.5, "coef_mode": "binary", "mu": 0.0}
+    want = {("pmr-refprotos", "pmr"): (main[("cgmnist", "pmr")], ref),
+            ("pmr-validprotos", "pmr"): (main[("cgmnist", "pmr")],
+                                         {"proto_source": "valid", "proto_fraction": 0.5}),
+            ("pmr-refcoefs", "pmr"): (main[("cgmnist", "pmr")],
+                                      {"coef_mode": "binary", "mu": 0.0}),
+            ("long30-pmr-refprotos-clip", "pmr"): (long[("long30-pmr-clip", "pmr")], ref),
+            ("long30-pmr-clip", "pmr"): (long[("long30-pmr-clip", "pmr")], {}),
+            ("lfm-heuristic", "lfm"): (main[("cgmnist", "lfm")], {"strategy": "heuristic"})}
+    assert set(held) == set(want)
+    for key, (base, method_cfg) in want.items():
+        cfg = held[key]
+        assert (cfg.data, cfg.model, cfg.train) == (base.data, base.model, base.train), key
+        assert cfg.method_cfg == {**base.method_cfg, **method_cfg}, key
 
 
 def _raw_color(d: MultimodalData, split: str) -> torch.Tensor:

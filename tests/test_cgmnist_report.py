@@ -40,6 +40,12 @@ def _run(label: str, method: str, seed: int, acc: float, run_dir: str = "",
             "run_dir": run_dir}
 
 
+def _archives(tmp_path: Path) -> list[str]:
+    """Archive paths in ``tmp_path`` (the defaults are the committed files)."""
+    return ["--archive", str(tmp_path / "runs.jsonl"),
+            "--hsv-archive", str(tmp_path / "hsv-runs.jsonl")]
+
+
 def _table1_runs(report: ModuleType, reverse: bool = False) -> list[dict]:
     """One finished run per Table-1 method whose accuracy follows the paper's order."""
     rows = [r for r in report.ROWS if r[0] == "t1" and r[1] in report.TABLE1_METHODS]
@@ -95,7 +101,8 @@ def test_main_writes_doc_csv_and_curves(report: ModuleType, tmp_path: Path,
     con.close()
     doc, out_csv = tmp_path / "docs" / "cgmnist.md", tmp_path / "cgmnist.csv"
     monkeypatch.setattr(sys, "argv", ["x", "--db", str(db), "--doc", str(doc),
-                                      "--csv", str(out_csv), "--notes", str(tmp_path / "no")])
+                                      "--csv", str(out_csv), "--notes", str(tmp_path / "no"),
+                                      *_archives(tmp_path)])
     report.main()
     text = doc.read_text()
     assert "**1.000**" in text  # Spearman over the 11 methods, in the paper's order
@@ -180,7 +187,7 @@ def test_palette_comparison_and_hsv_doc(report: ModuleType, tmp_path: Path,
     monkeypatch.setattr(sys, "argv", [
         "x", "--db", str(dbs["main"]), "--hsv-db", str(dbs["hsv"]), "--doc", str(doc),
         "--csv", str(out_csv), "--notes", str(tmp_path / "no"),
-        "--hsv-notes", str(tmp_path / "hsv_notes.md")])
+        "--hsv-notes", str(tmp_path / "hsv_notes.md"), *_archives(tmp_path)])
     report.main()
     text = doc.read_text()
     assert "## Palette comparison (Table 1)" in text and "(cgmnist-hsv.md)" in text
@@ -234,3 +241,96 @@ def test_full_data_rows_join_the_csv(report: ModuleType, tmp_path: Path) -> None
            if r["seeds"] != "0"]
     assert ("Sum", "8000", "45.00") in got and ("Sum", "50000", "50.00") in got
     assert ("UDI", "50000", "50.00") in got and ("Unimodal color", "50000", "50.00") in got
+
+
+def test_runs_outlive_their_database_through_the_archive(
+        report: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generation archives its runs; once the database is gone the archive alone gives
+    the same document, and rows that neither holds come from the last CSV, marked."""
+    db = tmp_path / "bench" / "results.db"
+    db.parent.mkdir()
+    runs = _table1_runs(report)
+    store = ResultStore(db)
+    for i, r in enumerate(runs):
+        store.upsert({**r, "run_id": f"run{i}", "dataset": "cgmnist", "run_dir": None})
+    doc, out_csv = tmp_path / "docs" / "cgmnist.md", tmp_path / "cgmnist.csv"
+    argv = ["x", "--db", str(db), "--doc", str(doc), "--csv", str(out_csv),
+            "--notes", str(tmp_path / "no"), *_archives(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    report.main()
+    first = doc.read_text()
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(runs)
+    db.unlink()
+    report.main()
+    assert doc.read_text() == first and "†" not in first
+    # Now only LFM's run is on record: every other row falls back to the CSV just written.
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    (tmp_path / "runs.jsonl").write_text(
+        "".join(line + "\n" for line in lines if '"lfm"' in line))
+    csv_before = out_csv.read_text()
+    report.main()
+    text = doc.read_text()
+    assert ("| LFM | 97.77 | 97.77 | +0.00 | 1 | 98.8 / 10.0 | 92.77 | 6 ep × 8000, 2.0 min |"
+            in text)
+    assert "| Sum | 64.07 | 64.07 | +0.00 | 1 | — / — | — | 6 ep × 8000, earlier record† |" in text
+    assert "**1.000**" in text and "† *earlier record*" in text
+    assert out_csv.read_text() == csv_before  # the fallback rows are written back unchanged
+
+
+def test_previous_rows_are_keyed_by_budget(report: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "cgmnist.csv"
+    path.write_text("table,row,paper,ours_mean,ours_std,seeds,epochs,n_train\n"
+                    "t1,UDI,99.12,82.03,2.10,3,6,8000\n"
+                    "t1,UDI,99.12,96.85,0.29,3,30,8000\n"
+                    "t1,UDI,99.12,94.49,0.00,1,6,50000\n"
+                    "t2,DO only,98.47,,,0,,\n")
+    prev = report.read_previous(path)
+    assert set(prev) == {("t1", "UDI", 6, 8000), ("t1", "UDI", 30, 8000),
+                         ("t1", "UDI", 6, 50000)}
+    by_block = {b: next(r for r in report.summarise([], b, prev) if r["row"] == "UDI")
+                for b in ("", "long30", "full6")}
+    assert [by_block[b]["ours_mean"] for b in ("", "long30", "full6")] == [82.03, 96.85, 94.49]
+    assert by_block["long30"]["seeds"] == 3 and by_block["long30"]["previous"]
+    # Two of the three seeds rerun: the complete earlier record stands; all three replace it.
+    part = [_run("cgmnist", "udi", 0, 0.5), _run("cgmnist-seeds", "udi", 1, 0.6)]
+    udi = next(r for r in report.summarise(part, "", prev) if r["row"] == "UDI")
+    assert (udi["ours_mean"], udi["seeds"], udi["previous"]) == (82.03, 3, True)
+    part.append(_run("cgmnist-seeds", "udi", 2, 0.7))
+    udi = next(r for r in report.summarise(part, "", prev) if r["row"] == "UDI")
+    assert (udi["ours_mean"], udi["seeds"], "previous" in udi) == (pytest.approx(60.0), 3, False)
+    # The longer-budget table: a cell takes a previous row only when its labels are that
+    # row's. UDI's 3-epoch follower stage at 30 epochs (label long30) is not the 30-epoch
+    # Table 1 row (long30-follower30), so it stays empty.
+    text = "\n".join(report._long_lines([_run("long30-sum", "sum", 0, 0.6)], report.MAIN, prev))
+    assert "| UDI, follower stage 3 epochs | 99.12 | 82.03 ± 2.10 (3; earlier record†) | — | — |" \
+        in text
+    assert ("| UDI, follower stage = epochs (default) | 99.12 | — | 96.85 ± 0.29 (3; earlier "
+            "record†) | 94.49 (1; earlier record†) |") in text
+
+
+def test_one_seed_spearman_and_pmr_prototype_rows(report: ModuleType, tmp_path: Path) -> None:
+    rows = [r for r in report.ROWS if r[0] == "t1" and r[1] in report.TABLE1_METHODS]
+    labels = {r[1]: r[3] for r in report.block_rows("long30")}
+    assert labels["MMPareto"] == ("long30-t1", "long30-seeds")
+    runs = [_run(labels[row][0], method, 0, paper / 100) for _, row, paper, _, method in rows]
+    # MMPareto's extra seeds lift its mean to the top; seed 0 alone keeps the paper's order.
+    runs += [_run("long30-seeds", "mmpareto", s, 0.999) for s in (1, 2)]
+    recs = report.summarise(runs, "long30")
+    assert report.spearman(recs)[0] < 1.0
+    assert report.spearman(recs, one_seed=True)[0] == pytest.approx(1.0)
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None)
+    assert "With seed 0 alone for MMPareto (the protocol's one seed per method; three for " \
+           "Sum and UDI): **1.000**" in text
+    # PMR's held-out prototypes: their own rows, and Table 1's Spearman with them as PMR's row.
+    runs += [_run("pmr-refprotos", "pmr", 0, 0.20), _run("long30-pmr-refprotos-clip", "pmr", 0,
+                                                         0.10),
+             _run("long30-pmr-clip", "pmr", 0, 0.785)]
+    text = report.render(report.summarise(runs), runs, tmp_path / "results.db", "", None)
+    assert "### Held-out data inside training: PMR's prototypes" in text
+    assert ("| LFM, learned weights, 8 validation images per step (Table 1's row) | 97.77 | "
+            "— | 97.77 (1; 98.8 / 10.0) |") in text
+    assert ("| PMR, held-out prototypes, the reference script's settings | 78.50 | 20.00 (1; "
+            "21.0 / 10.0) | 10.00 (1; 11.0 / 10.0) |") in text
+    swapped = [dict(r, ours_mean=10.0) if r["row"] == "PMR" else r for r in recs]
+    want = report.spearman(swapped)[0]
+    assert f"30 epochs: **{want:.3f}**" in text and want < 0.9

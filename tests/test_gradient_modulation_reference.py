@@ -137,3 +137,30 @@ def test_pmr_epoch_start_uses_that_many_batches(data: MultimodalData) -> None:
     method.compute_prototypes = lambda batches: seen.append(len(batches))
     method.on_epoch_start(ctx)
     assert seen == [1]
+
+
+def test_pmr_valid_source_takes_prototypes_from_the_validation_split(
+        data: MultimodalData) -> None:
+    """``proto_source="valid"`` (the reference's CG-MNIST script: held-out prototypes) uses
+    the validation split's class means, and names the missing split when there is none."""
+    method = _method("pmr", data, proto_source="valid", proto_fraction=1.0)
+    ctx = _ctx(method, data)
+    with pytest.raises(ValueError, match="proto_source='valid' needs a validation split"):
+        method.on_epoch_start(ctx)
+    ctx.valid_split = data.valid
+    method.on_epoch_start(ctx)
+    with torch.no_grad():
+        method.eval()
+        feats = method.net.encode(data.valid.batch(torch.arange(len(data.valid))))
+        method.train()
+    y = data.valid.target
+    for i, n in enumerate(method.names):
+        means = torch.stack([feats[n][y == k].mean(0) for k in range(int(y.max()) + 1)])
+        assert torch.allclose(method.prototypes(i), means, atol=1e-5)
+    # The training split's means are different: the source really changed.
+    train_means = torch.stack([
+        method.net.encode(data.train.batch(torch.arange(len(data.train))))[method.names[0]][
+            data.train.target == k].mean(0) for k in range(int(y.max()) + 1)])
+    assert not torch.allclose(method.prototypes(0), train_means.detach(), atol=1e-3)
+    with pytest.raises(ValueError, match="proto_source"):
+        _method("pmr", data, proto_source="test")

@@ -42,6 +42,7 @@ from equimodal.registry import register_method
 from equimodal.types import Batch, ModelOutput, TaskInfo
 
 COEF_MODES = ("ratio", "binary")
+PROTO_SOURCES = ("train", "valid")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class PMRConfig(MethodConfig):
         proto_fraction: Fraction of the training batches used for the prototypes (1 = the
             whole set; the reference code uses the first tenth: ``0.1`` takes
             ``len(loader) // 10`` batches, at least one, as its ``calculate_prototype``).
+        proto_source: Split the prototypes are computed on: ``train`` (Eq. 4) or ``valid``
+            (the reference's CG-MNIST script uses held-out, test-colored images; see the
+            module docstring). ``proto_fraction`` applies to the chosen split.
     """
 
     alpha: float = 1.0
@@ -70,6 +74,7 @@ class PMRConfig(MethodConfig):
     modulation_starts: int = 0
     modulation_ends: int = 100
     proto_fraction: float = 1.0
+    proto_source: str = "train"
 
 
 def proto_batch_count(n: int, batch_size: int, fraction: float) -> int:
@@ -101,7 +106,7 @@ class PMR(Method):
     def check_task(cls, info: TaskInfo, cfg: Any) -> None:
         """Also validate the config."""
         super().check_task(info, cfg)
-        check_choices("pmr", cfg, {"coef_mode": COEF_MODES})
+        check_choices("pmr", cfg, {"coef_mode": COEF_MODES, "proto_source": PROTO_SOURCES})
         if not 0.0 < cfg.proto_fraction <= 1.0 or not 0.0 <= cfg.momentum <= 1.0:
             raise ValueError("proto_fraction must be in (0, 1] and momentum in [0, 1]")
 
@@ -148,12 +153,21 @@ class PMR(Method):
         self.train(was_training)
 
     def on_epoch_start(self, ctx: StepContext) -> None:
-        """Prototypes from the model as it is before this epoch's updates."""
-        n = len(ctx.train_split)
+        """Prototypes from the model as it is before this epoch's updates.
+
+        Raises:
+            ValueError: ``proto_source="valid"`` and the run has no validation split.
+        """
+        split = ctx.train_split
+        if self.cfg.proto_source == "valid":
+            if ctx.valid_split is None or len(ctx.valid_split) == 0:
+                raise ValueError("pmr: method.proto_source='valid' needs a validation split "
+                                 "(the dataset has none, or it is empty)")
+            split = ctx.valid_split
         bs = ctx.train.batch_size
-        n_batches = proto_batch_count(n, bs, self.cfg.proto_fraction)
+        n_batches = proto_batch_count(len(split), bs, self.cfg.proto_fraction)
         batches = []
-        for k, batch in enumerate(ctx.iter_train(bs)):
+        for k, batch in enumerate(split.iter_batches(bs)):
             if k >= n_batches:
                 break
             batches.append(batch)

@@ -1,0 +1,1 @@
+"""Reproductions of published tables: which runs make each row, and our numbers."""
