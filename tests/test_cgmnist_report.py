@@ -137,7 +137,7 @@ def test_longer_budget_tables(report: ModuleType, tmp_path: Path) -> None:
                          report.summarise(runs, "cal"), variant=report.HSV)
     row = next(line for line in text.splitlines() if line.startswith("| UDI | 99.12 | 90.00 (1;"))
     assert "95.00 (1; 96.0 / 10.0)" in row and "98.00 ± 1.41 (2; 99.0 / 10.0)" in row
-    assert "| Sum | 64.07 | — | — | — |" in text
+    assert "| Sum | 64.07 | — |" not in text  # no Sum run at any budget: no row
     # Main suite: the paper's setting at 6 and 30 epochs (no calibrated block).
     runs = [_run("cgmnist", "udi", 0, 0.90), _run("cgmnist-seeds", "udi", 1, 0.92),
             _run("long30", "udi", 0, 0.97), _run("long30-sum", "sum", 0, 0.40),
@@ -306,6 +306,7 @@ def test_previous_rows_are_keyed_by_budget(report: ModuleType, tmp_path: Path) -
         in text
     assert ("| UDI, follower stage = epochs (default) | 99.12 | — | 96.85 ± 0.29 (3; earlier "
             "record†) | 94.49 (1; earlier record†) |") in text
+    assert "started from its selection-stage weights" not in text  # nothing on record
 
 
 def test_one_seed_spearman_and_pmr_prototype_rows(report: ModuleType, tmp_path: Path) -> None:
