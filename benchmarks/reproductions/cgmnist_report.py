@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from equimodal.bench.archive import history_summary, write_archive
+from equimodal.bench.archive import run_history, write_archive
 from equimodal.bench.reproductions.cgmnist import (
     BLOCK_BUDGET,
     CALIBRATED_VAR,
@@ -78,8 +78,8 @@ def _held_out_lines(runs: list[dict[str, Any]], previous: Previous | None) -> li
         if not swap["seeds"]:
             continue
         swapped = [swap if r["table"] == "t1" and r["row"] == "PMR" else r for r in recs]
-        said.append(f"{col}: **{fmt(spearman(swapped)[0], 3)}** (p = "
-                    f"{fmt(spearman(swapped)[1], 3)}; with training prototypes "
+        rho, pval, _ = spearman(swapped)
+        said.append(f"{col}: **{fmt(rho, 3)}** (p = {fmt(pval, 3)}; with training prototypes "
                     f"{fmt(spearman(recs)[0], 3)})")
     if said:
         lines += ["Table 1's Spearman with the held-out-prototype run (reference settings) as "
@@ -98,16 +98,9 @@ CURVES = [("Sum (fused, OOD valid)", T1_LABELS["Sum"], "sum"),
 
 
 def history(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-epoch records of one run that carry a validation: its archived history, else
-    its run folder's ``history.jsonl``."""
-    if isinstance(run.get("history"), list):
-        return list(run["history"])
-    if not isinstance(run.get("path"), str):  # no run folder (None, or NaN in the frame)
-        return []
-    path = Path(run["path"]) / "history.jsonl"
-    if not path.exists():
-        return []
-    return history_summary(path.read_text().splitlines())
+    """The per-epoch records of one run that carry a validation (archived, else read from
+    its run folder: :func:`equimodal.bench.archive.run_history`)."""
+    return run_history(run)
 
 
 def curves(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -470,7 +463,6 @@ def main() -> None:
     runs = load_runs(db, Path(args.archive))
     if runs:
         write_archive(args.archive, runs)
-    extra: list[str] = []
     hsv_db = Path(args.hsv_db) if args.hsv_db else None
     hsv_runs = load_runs(hsv_db, Path(args.hsv_archive))
     hsv_doc = doc.with_name(doc.stem + "-hsv.md")

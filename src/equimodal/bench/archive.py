@@ -52,19 +52,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def archive_record(run: dict[str, Any]) -> dict[str, Any]:
-    """One run's archive entry: its kept columns and its validation history.
-
-    The history is ``run["history"]`` when present, else read from the run folder
-    ``run["path"]`` (its ``history.jsonl``), else empty.
-    """
-    rec = {k: _clean(run.get(k)) for k in ARCHIVED_COLUMNS}
+def run_history(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's validation history: ``run["history"]`` when it is a list (an archived run),
+    else the :func:`history_summary` of its run folder's ``history.jsonl`` (``run["path"]``),
+    else empty."""
     hist = run.get("history")
-    if hist is None:
-        path = run.get("path")
-        file = Path(path) / "history.jsonl" if isinstance(path, str) else None
-        hist = history_summary(file.read_text().splitlines()) if file and file.exists() else []
-    rec["history"] = hist
+    if isinstance(hist, list):
+        return list(hist)
+    path = run.get("path")
+    file = Path(path) / "history.jsonl" if isinstance(path, str) else None
+    return history_summary(file.read_text().splitlines()) if file and file.exists() else []
+
+
+def archive_record(run: dict[str, Any]) -> dict[str, Any]:
+    """One run's archive entry: its kept columns and its validation history
+    (:func:`run_history`)."""
+    rec = {k: _clean(run.get(k)) for k in ARCHIVED_COLUMNS}
+    rec["history"] = run_history(run)
     return rec
 
 
