@@ -26,10 +26,9 @@ def _history(folder: Path) -> None:
 
 
 def test_history_summary_keeps_schedule_and_validation_accuracies() -> None:
-    lines = [json.dumps({"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7,
-                         "valid/color/accuracy": 0.2, "valid/macro_f1": 0.6,
-                         "train/ce/gray": 1.0}), "", json.dumps({"epoch": 4})]
-    assert history_summary(lines) == [{"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7,
+    rows = [{"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7, "valid/color/accuracy": 0.2,
+             "valid/macro_f1": 0.6, "train/ce/gray": 1.0}, {"epoch": 4}]
+    assert history_summary(rows) == [{"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7,
                                        "valid/color/accuracy": 0.2}]
 
 

@@ -21,7 +21,7 @@ from equimodal.data.dataset import DataError
 from equimodal.data.formats import load_generic, load_iemocap, load_mmsa
 from equimodal.data.formats.common import read_pickle, safe_load_pickle
 from equimodal.engine import CheckpointError, Trainer, fit
-from equimodal.engine.checkpoint import load_checkpoint
+from equimodal.engine.checkpoint import load_checkpoint, read_history
 from fixtures_formats import iemocap_split, write_generic_folder, write_mmsa, write_pickle
 
 
@@ -195,10 +195,17 @@ def test_permission_error_names_the_file(tmp_path: Path, capsys: Any,
         load_generic(npz)
 
 
-@pytest.mark.parametrize("what", ["last.pt", "model.pt", "config.json"])
+@pytest.mark.parametrize("what", ["last.pt", "model.pt", "config.json", "history.jsonl"])
 def test_broken_run_files_are_one_line_errors(tmp_path: Path, capsys: Any, what: str) -> None:
     assert cli.main(_train_args(tmp_path / "runs")) == 0
     (run,) = (tmp_path / "runs").iterdir()
+    if what == "history.jsonl":  # reusing the finished run reads its history
+        with (run / what).open("a") as fh:
+            fh.write('{"epoch": 9, "valid/accuracy": \n')
+        lines = len((run / what).read_text().splitlines())
+        _one_line_error(capsys, _train_args(tmp_path / "runs"), f"history.jsonl:{lines}",
+                        "not valid JSON")
+        return
     if what == "config.json":
         (run / what).write_text('{"method": "concat", ')
         _one_line_error(capsys, ["eval", str(run)], "config.json", "not valid JSON")
@@ -236,3 +243,15 @@ def test_convert_round_trips_pickles(tmp_path: Path, capsys: Any) -> None:
                 assert torch.equal(sx.lengths[m], sy.lengths[m])
     with zipfile.ZipFile(tmp_path / "mosi.npz") as z:
         assert json.loads(np.load(z.open("meta.npy")).item())["task"] == "classification"
+
+
+def test_history_reader_names_file_and_line(tmp_path: Path) -> None:
+    assert read_history(None) == [] and read_history(tmp_path) == []  # no history: none
+    (tmp_path / "history.jsonl").write_text('{"epoch": 0}\n\n{"epoch": 1}\n')
+    assert read_history(tmp_path) == [{"epoch": 0}, {"epoch": 1}]
+    (tmp_path / "history.jsonl").write_text('{"epoch": 0}\n[1, 2]\n')
+    with pytest.raises(CheckpointError, match=r"history\.jsonl:2: expected a JSON object"):
+        read_history(tmp_path)
+    (tmp_path / "history.jsonl").write_text('{"epoch": 0}\n{"epoch": NaN, "x": }\n')
+    with pytest.raises(CheckpointError, match=r"history\.jsonl:2: not valid JSON"):
+        read_history(str(tmp_path))

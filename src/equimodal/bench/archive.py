@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from equimodal.engine.checkpoint import read_history
+
 #: Database columns kept in an archive (the traceback and package versions are not).
 ARCHIVED_COLUMNS = ("run_id", "suite", "method", "dataset", "label", "seed", "status",
                     "reason", "task", "modalities", "config", "metrics", "timings",
@@ -30,14 +32,11 @@ HISTORY_KEYS = ("epoch", "stage", "stage_epoch")
 _VALID_ACCURACY = re.compile(r"^valid/([^/]+/)?accuracy$")
 
 
-def history_summary(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """The epochs of a ``history.jsonl`` that carry a validation: schedule keys and the
+def history_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs of a run's history that carry a validation: schedule keys and the
     validation accuracies (fused and per branch) only."""
     out = []
-    for line in lines:
-        if not line.strip():
-            continue
-        h = json.loads(line)
+    for h in rows:
         if "valid/accuracy" not in h:
             continue
         out.append({k: v for k, v in h.items()
@@ -60,8 +59,7 @@ def run_history(run: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(hist, list):
         return list(hist)
     path = run.get("path")
-    file = Path(path) / "history.jsonl" if isinstance(path, str) else None
-    return history_summary(file.read_text().splitlines()) if file and file.exists() else []
+    return history_summary(read_history(path if isinstance(path, str) else None))
 
 
 def archive_record(run: dict[str, Any]) -> dict[str, Any]:

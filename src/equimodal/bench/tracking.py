@@ -15,16 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from equimodal.engine.checkpoint import read_history
+
 log = logging.getLogger(__name__)
 
 Tracker = Callable[[dict[str, Any]], None]
-
-
-def _history(run_dir: str | None) -> list[dict[str, Any]]:
-    path = Path(run_dir or "") / "history.jsonl"
-    if not run_dir or not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
@@ -85,7 +80,7 @@ def mlflow_tracker(out: Path) -> Tracker | None:
         metrics = [Metric(f"{split}/{k}", v, now, 0)
                    for split, values in (record.get("metrics") or {}).items()
                    if isinstance(values, dict) for k, v in _numbers(values).items()]
-        for row in _history(record.get("run_dir")):
+        for row in read_history(record.get("run_dir")):
             step = int(row.get("epoch", 0))
             metrics += [Metric(k, v, now, step) for k, v in _numbers(row).items()
                         if k not in ("epoch", "stage_epoch")]
@@ -117,7 +112,7 @@ def tensorboard_tracker(out: Path) -> Tracker | None:
         name = Path(record.get("run_dir") or record["run_id"]).name
         writer = SummaryWriter(log_dir=str(out / "tensorboard" / name))
         try:
-            for row in _history(record.get("run_dir")):
+            for row in read_history(record.get("run_dir")):
                 step = int(row.get("epoch", 0))
                 for k, v in _numbers(row).items():
                     writer.add_scalar(k, v, step)

@@ -128,3 +128,39 @@ def read_run_json(path: Path, hint: str = "") -> Any:
         raise CheckpointError(f"{p}: file not found{tail}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{p}: not valid JSON ({_first_line(err)}){tail}") from None
+
+
+def read_history(run_dir: str | Path | None, hint: str = "") -> list[dict[str, Any]]:
+    """A run folder's per-epoch history (``<run_dir>/history.jsonl``, one JSON object per
+    line); ``[]`` when ``run_dir`` is unset or the run wrote no history.
+
+    The one reader of the file the trainer writes (resuming a run, reports, trackers and
+    archives all call it), so a damaged file fails the same way everywhere.
+
+    Raises:
+        CheckpointError: naming the file and line of anything that is not a JSON object.
+    """
+    if not run_dir:
+        return []
+    p = Path(run_dir) / "history.jsonl"
+    if not p.exists():
+        return []
+    tail = f"; {hint}" if hint else ""
+    try:
+        lines = p.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{p}: unreadable ({_first_line(err)}){tail}") from None
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{p}:{number}: not valid JSON ({_first_line(err)}){tail}"
+                                  ) from None
+        if not isinstance(row, dict):
+            raise CheckpointError(f"{p}:{number}: expected a JSON object, got "
+                                  f"{type(row).__name__}{tail}")
+        rows.append(row)
+    return rows

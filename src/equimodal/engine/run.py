@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 from pathlib import Path
@@ -13,7 +12,12 @@ import torch
 
 from equimodal.config import RunConfig
 from equimodal.data.dataset import MultimodalData
-from equimodal.engine.checkpoint import CheckpointError, load_checkpoint, read_run_json
+from equimodal.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_history,
+    read_run_json,
+)
 from equimodal.engine.fingerprint import (
     DATA_FILE,
     DataChangedError,
@@ -215,13 +219,6 @@ def load_run(
     if not isinstance(metrics, dict) or not {"valid", "test"} <= set(metrics):
         raise CheckpointError(f"{run_path / 'metrics.json'}: missing 'valid' / 'test'; "
                               f"{MODEL_HINT}")
-    history = []
-    hist = run_path / "history.jsonl"
-    if hist.exists():
-        try:
-            history = [json.loads(line) for line in hist.read_text().splitlines()
-                       if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{hist}: not valid JSON lines ({err})") from None
+    history = read_history(run_path, hint=MODEL_HINT)
     return RunResult(method, history, metrics["valid"], metrics["test"], run_path, raw,
                      metrics.get("timings", {}))

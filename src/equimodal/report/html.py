@@ -24,6 +24,7 @@ import pandas as pd
 
 from equimodal.bench.store import load_results
 from equimodal.bench.tables import DEFAULT_METRIC, Stat, Table, dataset_table, mark, to_html
+from equimodal.engine.checkpoint import read_history
 from equimodal.metrics import mean_std
 from equimodal.report import plots
 from equimodal.report.balance import balance_section
@@ -68,13 +69,6 @@ def _metric(task: str | None, metric: str | None) -> str:
     if task == "regression":
         return "mae"
     return metric or DEFAULT_METRIC.get(task or "classification", "accuracy")
-
-
-def _history(path: Any) -> list[dict[str, Any]]:
-    file = Path(str(path)) / "history.jsonl" if path else None
-    if file is None or not file.exists():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
 def _series(histories: list[list[dict[str, Any]]], key: str) -> plots.Series | None:
@@ -245,7 +239,8 @@ def _dataset_section(df: pd.DataFrame, label: str, metric: str | None, tsne: boo
     mods_all = next((v for v in done["modalities"] if isinstance(v, list)), []) \
         if "modalities" in done else []
     parts.append(balance_section(done, list(mods_all), m, baseline))
-    hist = {meth: [_history(p) for p in g["path"]] for meth, g in done.groupby("method")}
+    hist = {meth: [read_history(p if isinstance(p, str) else None) for p in g["path"]]
+            for meth, g in done.groupby("method")}
     loss = {k: s for k, h in hist.items() if (s := _series(h, "train/loss")) is not None}
     valid = {k: s for k, h in hist.items() if (s := _series(h, f"valid/{m}")) is not None}
     parts.append("<h3>Training curves</h3>")
