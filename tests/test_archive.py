@@ -27,9 +27,11 @@ def _history(folder: Path) -> None:
 
 def test_history_summary_keeps_schedule_and_validation_accuracies() -> None:
     rows = [{"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7, "valid/color/accuracy": 0.2,
-             "valid/macro_f1": 0.6, "train/ce/gray": 1.0}, {"epoch": 4}]
+             "valid/macro_f1": 0.6, "train/ce/gray": 1.0, "train/alpha_con": 0.25,
+             "train/alpha_com/color": 0.75, "train/alpha": 1.0, "lr": 0.02}, {"epoch": 4}]
     assert history_summary(rows) == [{"epoch": 3, "stage_epoch": 1, "valid/accuracy": 0.7,
-                                       "valid/color/accuracy": 0.2}]
+                                       "valid/color/accuracy": 0.2, "train/alpha_con": 0.25,
+                                       "train/alpha_com/color": 0.75, "lr": 0.02}]
 
 
 def test_database_runs_round_trip_through_an_archive(tmp_path: Path) -> None:

@@ -335,3 +335,31 @@ def test_one_seed_spearman_and_pmr_prototype_rows(report: ModuleType, tmp_path: 
     swapped = [dict(r, ours_mean=10.0) if r["row"] == "PMR" else r for r in recs]
     want = report.spearman(swapped)[0]
     assert f"30 epochs: **{want:.3f}**" in text and want < 0.9
+
+
+def test_controller_weights_against_fig3(report: ModuleType) -> None:
+    from equimodal.bench.reproductions.cgmnist import controller_record
+
+    def run(seed: int, alphas: list[tuple[float, float]]) -> dict:
+        r = _run("long30-follower30", "udi", seed, 0.97)
+        r["history"] = ([{"epoch": 0, "stage": "unimodal", "valid/accuracy": 0.9}]
+                        + [{"epoch": 1 + i, "stage": "follower_1", "valid/accuracy": 0.95,
+                            "train/alpha_con": c, "train/alpha_com": m}
+                           for i, (c, m) in enumerate(alphas)])
+        return r
+
+    runs = [run(0, [(0.0, 0.0), (1.0, 0.0), (0.5, 0.5), (0.2, 0.8), (0.0, 1.0), (0.03, 0.97)]),
+            run(1, [(1.0, 0.0), (0.0, 1.0), (0.6, 0.4)]),
+            _run("long30-follower30", "udi", 2, 0.96)]  # no controller weights: skipped
+    rec = controller_record(runs, "long30-follower30")
+    assert rec is not None and rec["seeds"] == 2 and rec["epochs"] == 9
+    # Thirds: seed 0 epochs (0, 0.0) / (0.0 ... 1.0, 0.97) -> first [0, 0], last [1, .97];
+    # seed 1 -> first [0], last [0.4].
+    assert rec["com_first"] == pytest.approx((0.0 + 0.0 + 0.0) / 3)
+    assert rec["com_last"] == pytest.approx((1.0 + 0.97 + 0.4) / 3)
+    assert (rec["one"], rec["none"], rec["com_wins"]) == (5, 1, 4)
+    assert controller_record(runs, "cgmnist") is None
+    lines = report.controller_lines(runs)
+    assert lines[0].startswith("## UDI's controller weights")
+    assert "| 30 epochs, follower stage 30 epochs (default) | 2 | 9 | 0.00 | 0.79 | 5 | 1 | 4 |" \
+        in lines

@@ -27,20 +27,22 @@ ARCHIVED_COLUMNS = ("run_id", "suite", "method", "dataset", "label", "seed", "st
                     "wall_seconds", "epochs", "git_commit", "updated_at")
 #: Fields every archived record must have.
 REQUIRED = ("run_id", "method", "label", "status")
-#: Per-epoch history keys kept: the schedule position and every validation accuracy.
-HISTORY_KEYS = ("epoch", "stage", "stage_epoch")
-_VALID_ACCURACY = re.compile(r"^valid/([^/]+/)?accuracy$")
+#: Per-epoch history keys kept: the schedule position, the learning rate, every validation
+#: accuracy (fused and per branch) and the loss weights a method sets itself (``alpha_*``,
+#: e.g. UDI's controller, Eq. 16).
+HISTORY_KEYS = ("epoch", "stage", "stage_epoch", "lr")
+_KEPT = re.compile(r"^valid/([^/]+/)?accuracy$|^train/alpha_[^/]+(/[^/]+)?$")
 
 
 def history_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The epochs of a run's history that carry a validation: schedule keys and the
-    validation accuracies (fused and per branch) only."""
+    """The epochs of a run's history that carry a validation, with the keys of
+    :data:`HISTORY_KEYS` and the validation accuracies and loss weights only."""
     out = []
     for h in rows:
         if "valid/accuracy" not in h:
             continue
         out.append({k: v for k, v in h.items()
-                    if k in HISTORY_KEYS or _VALID_ACCURACY.match(k)})
+                    if k in HISTORY_KEYS or _KEPT.match(k)})
     return out
 
 

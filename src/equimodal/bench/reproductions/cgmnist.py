@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from equimodal.bench.archive import merge_runs, read_archive
+from equimodal.bench.archive import merge_runs, read_archive, run_history
 from equimodal.bench.store import load_results
 from equimodal.bench.tables import latest_per_point
 
@@ -355,3 +355,35 @@ def ranks(values: list[float]) -> list[float]:
             out[order[k]] = (i + j) / 2 + 1
         i = j + 1
     return out
+
+
+def controller_record(runs: list[dict[str, Any]], label: str) -> dict[str, Any] | None:
+    """UDI's controller weights (Eq. 16) over the follower stage of the runs of ``label``,
+    pooled over seeds, against the paper's Fig. 3 (on CG-MNIST alpha_com "rises and
+    stabilizes"): mean ``alpha_com`` over the first and the last third of the stage, and how
+    many follower epochs had one weight alone (the other at most 0.05), none (both at most
+    0.05; Eq. 15's ReLU zeroes both when both gradients disagree with ``L_cls``), or
+    ``alpha_com > alpha_con``. ``None`` when no run of ``label`` logged controller weights.
+    """
+    first: list[float] = []
+    last: list[float] = []
+    counts = {"epochs": 0, "one": 0, "none": 0, "com_wins": 0}
+    seeds = 0
+    for r in finished_runs(runs, (label,), "udi"):
+        pairs = [(float(h["train/alpha_con"]), float(h["train/alpha_com"]))
+                 for h in run_history(r) if str(h.get("stage", "")).startswith("follower")
+                 and "train/alpha_con" in h and "train/alpha_com" in h]
+        if not pairs:
+            continue
+        seeds += 1
+        third = max(1, len(pairs) // 3)
+        first += [com for _, com in pairs[:third]]
+        last += [com for _, com in pairs[-third:]]
+        counts["epochs"] += len(pairs)
+        counts["one"] += sum(1 for c, m in pairs if min(c, m) <= 0.05 < max(c, m))
+        counts["none"] += sum(1 for c, m in pairs if max(c, m) <= 0.05)
+        counts["com_wins"] += sum(1 for c, m in pairs if m > c)
+    if not seeds:
+        return None
+    return {"label": label, "seeds": seeds, "com_first": statistics.fmean(first),
+            "com_last": statistics.fmean(last), **counts}
