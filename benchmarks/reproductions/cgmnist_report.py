@@ -32,6 +32,7 @@ from equimodal.bench.archive import run_history, write_archive
 from equimodal.bench.reproductions.cgmnist import (
     BLOCK_BUDGET,
     CALIBRATED_VAR,
+    CONTROLLER_RUNS,
     HELD_OUT,
     HSV,
     JITTERS,
@@ -98,19 +99,13 @@ CURVES = [("Sum (fused, OOD valid)", T1_LABELS["Sum"], "sum"),
            "unimodal")]
 
 
-def history(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-epoch records of one run that carry a validation (archived, else read from
-    its run folder: :func:`equimodal.bench.archive.run_history`)."""
-    return run_history(run)
-
-
 def curves(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Validation accuracy per epoch of the Sum, UDI and unimodal runs, as text."""
     out: dict[str, list[str]] = {}
     for _, labels, method in CURVES:
         for r in sorted(finished_runs(runs, labels, method), key=lambda r: (r["label"], r["seed"])):
             pts = []
-            for h in history(r):
+            for h in run_history(r):
                 stage = f"{h['stage']}:" if h.get("stage") not in (None, "main", "joint") else ""
                 branch = "/".join(f"{k.split('/')[1]} {100 * v:.0f}" for k, v in h.items()
                                   if k.startswith("valid/") and k.endswith("/accuracy")
@@ -132,7 +127,7 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> bool:
     drawn = False
     for ax, (title, labels, method) in zip(axes, CURVES, strict=True):
         for r in sorted(finished_runs(runs, labels, method), key=lambda r: (r["label"], r["seed"])):
-            hist = history(r)
+            hist = run_history(r)
             if not hist:
                 continue
             drawn = True
@@ -401,15 +396,6 @@ def render(recs: list[dict[str, Any]], runs: list[dict[str, Any]], db: Path, not
     if any("†" in line for line in lines):
         lines += [EARLIER_NOTE, ""]
     return "\n".join(lines) + "\n" + notes
-
-
-#: UDI runs whose controller weights are summarised: (suite label, what it is).
-CONTROLLER_RUNS = [("cgmnist", "Table 1, 6 epochs, follower stage 3 epochs"),
-                   ("cgmnist-seeds", "Table 1, 6 epochs, seeds 1-2"),
-                   ("long30", "30 epochs, follower stage 3 epochs"),
-                   ("long30-follower30", "30 epochs, follower stage 30 epochs (default)"),
-                   ("follower-init-unimodal", "30 + 30 epochs, follower from its own weights"),
-                   ("full6", "6 epochs × 50,000 images, follower stage 6 epochs")]
 
 
 def controller_lines(runs: list[dict[str, Any]]) -> list[str]:

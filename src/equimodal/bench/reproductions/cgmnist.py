@@ -357,6 +357,15 @@ def ranks(values: list[float]) -> list[float]:
     return out
 
 
+#: UDI runs whose controller weights are summarised: (suite label, what it is).
+CONTROLLER_RUNS = [("cgmnist", "Table 1, 6 epochs, follower stage 3 epochs"),
+                   ("cgmnist-seeds", "Table 1, 6 epochs, seeds 1-2"),
+                   ("long30", "30 epochs, follower stage 3 epochs"),
+                   ("long30-follower30", "30 epochs, follower stage 30 epochs (default)"),
+                   ("follower-init-unimodal", "30 + 30 epochs, follower from its own weights"),
+                   ("full6", "6 epochs × 50,000 images, follower stage 6 epochs")]
+
+
 def controller_record(runs: list[dict[str, Any]], label: str) -> dict[str, Any] | None:
     """UDI's controller weights (Eq. 16) over the follower stage of the runs of ``label``,
     pooled over seeds, against the paper's Fig. 3 (on CG-MNIST alpha_com "rises and
