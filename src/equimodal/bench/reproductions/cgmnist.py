@@ -258,7 +258,9 @@ MAIN = Variant(
           ("UDI, follower stage = epochs (default)", "UDI", "udi",
            {THIRTY: LONG30_LABELS["udi"], FULL: FULL6_LABELS["UDI"]}),
           ("UDI, follower = epochs, started from its selection-stage weights", "UDI", "udi",
-           {THIRTY: ("follower-init-unimodal",)})],
+           {THIRTY: ("follower-init-unimodal",)}),
+          ("UDI, follower = epochs, controller on 1,024 images", "UDI", "udi",
+           {THIRTY: ("controller-batch-1024",)})],
     long_columns=(SIX, THIRTY, FULL),
     long_title="Other budgets (8,000 training images unless stated; StepLR after epoch 5, 24)",
     sensitivity=(
@@ -363,6 +365,7 @@ CONTROLLER_RUNS = [("cgmnist", "Table 1, 6 epochs, follower stage 3 epochs"),
                    ("long30", "30 epochs, follower stage 3 epochs"),
                    ("long30-follower30", "30 epochs, follower stage 30 epochs (default)"),
                    ("follower-init-unimodal", "30 + 30 epochs, follower from its own weights"),
+                   ("controller-batch-1024", "30 + 30 epochs, controller on 1,024 images"),
                    ("full6", "6 epochs × 50,000 images, follower stage 6 epochs")]
 
 
