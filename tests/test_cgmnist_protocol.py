@@ -205,12 +205,14 @@ def test_cgmnist_follower_and_full_data_suites_differ_from_the_main_one_where_st
     # UDI at 30 epochs: the main suite's long30 runs except for the follower stage.
     follower = {(p.label, p.cfg.train.seed): p.cfg for p in _suite("cgmnist-udi-follower.toml")}
     assert set(follower) == {(lab, s) for lab in ("long30-follower30", "follower-init-unimodal")
-                             for s in (0, 1, 2)}
+                             for s in (0, 1, 2)} | {("controller-batch-1024", 0),
+                                                    ("controller-batch-1024", 1)}
+    changed = {"long30-follower30": {}, "follower-init-unimodal": {"follower_init": "unimodal"},
+               "controller-batch-1024": {"controller_batch_size": 1024}}
     for (label, seed), cfg in follower.items():
         same = main[("long30", "udi", seed)]
         assert (cfg.data, cfg.model, cfg.train) == (same.data, same.model, same.train)
-        assert cfg.method_cfg == ({} if label == "long30-follower30"
-                                  else {"follower_init": "unimodal"})
+        assert cfg.method_cfg == changed[label]
     assert long30.method_cfg == {"follower_epochs": 3}
     # All 50,000 images at the main suite's 6-epoch recipe; UDI's follower at its default.
     full = {(p.label, p.cfg.method): p.cfg for p in _suite("cgmnist-udi-full.toml")}
