@@ -42,7 +42,10 @@ class UDIConfig(MethodConfig):
         alpha_com: Fixed complementary (MI) weight when the controller is off.
         controller_eps: The ``epsilon`` of Eq. 16.
         controller_batch_size: Size of the controller's mini-batch (``None``: the training
-            batch size; the paper uses one mini-batch per epoch).
+            batch size; the paper uses one mini-batch per epoch and does not give its
+            size). Measured on CG-MNIST at 30 epochs (2 seeds): 1,024 instead of 64 left the
+            weights one-hot in 46 of 60 follower epochs (64 of 90 at 64) and UDI at
+            96.78 ± 0.78 % against 97.01 (``docs/reproductions/cgmnist.md``).
         fusion: ``sum`` of branch logits (paper, two modalities) or ``concat`` (a linear
             head on concatenated frozen features, trained in a last stage; paper's MOSEI).
         fusion_head_epochs: Epochs of the ``fusion_head`` stage (``None``: ``train.epochs``).
