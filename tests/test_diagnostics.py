@@ -147,7 +147,15 @@ def test_protocol_report_applies_what_fits_the_data(imbalanced, tiny_seq_data) -
     assert set(rep) == {"missing", "noise", "diagnostics"}  # no sequences: no frame drop
     assert [r["modalities"] for r in rep["missing"]["rows"]] == ["a", "b", "a+b"]
     assert [r["level"] for r in rep["noise"]["rows"]] == [0.0, 1.0]
-    assert set(rep["diagnostics"]) == {"shapley", "modality_gap"}
+    assert set(rep["diagnostics"]) == {"shapley", "modality_gap", "votes"}
+    votes = rep["diagnostics"]["votes"]
+    n, fused_right = votes["n"], round(votes["fused_accuracy"] * votes["n"])
+    assert n == len(data.test)
+    for v in votes["branches"].values():  # fused right = branch right - outvoted + rescued
+        assert fused_right == round(v["accuracy"] * n) - v["outvoted"] + v["rescued"]
+    # Strengths 2.0 / 0.15: the strong branch is right more often and more sure.
+    a, b = votes["branches"]["a"], votes["branches"]["b"]
+    assert a["accuracy"] > b["accuracy"] and a["median_margin"] > b["median_margin"]
     cfg = RunConfig("concat", "synthetic", model=ModelConfig(hidden=8, layers=1),
                     train=TrainConfig(epochs=1, progress=False))
     seq_method = fit(cfg, None, data=tiny_seq_data).method
@@ -174,6 +182,8 @@ def test_robustness_and_diagnose_commands(tmp_path: Path, capsys: pytest.Capture
     assert main(["diagnose", str(run), "--json"]) == 0
     diag = json.loads(capsys.readouterr().out)
     assert set(diag["shapley"]["values"]) == {"a", "b"} and "a|b" in diag["modality_gap"]
+    assert set(diag["votes"]["branches"]) == {"a", "b"}
     assert main(["diagnose", str(run)]) == 0
-    assert "Shapley" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Shapley" in text and "branch votes" in text and "outvoted" in text
     assert main(["robustness", str(run), "--protocols", "bogus"]) == 2

@@ -94,6 +94,10 @@ def test_report_has_tables_figures_and_problems(report: Path) -> None:
     assert any(c.startswith("vec: accuracy") for c in page.captions)
     assert any(c.startswith("seq: MSA metrics") for c in page.captions)
     assert {"Acc-2", "MAE", "Corr", "fusion", "x|y", "Avg."} <= set(page.th)
+    # Branch votes: single-label classification only (vec), one column per branch.
+    assert [c for c in page.captions if c.startswith("branch outvoted")] == [
+        "branch outvoted: % of test samples the branch gets right and the fused prediction "
+        "wrong"]
     alts = [img["alt"] for img in page.images]
     for alt in ("training curves", "per-modality curves", "missing-modality chart",
                 "noise curve", "Shapley chart", "t-SNE"):

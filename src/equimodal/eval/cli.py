@@ -88,7 +88,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from equimodal.eval.diagnostics import protocol_report
 
     method, split, _ = _load(args.run, args.split)
-    report = protocol_report(method, split, method.info, ["shapley", "gap", "dirichlet"],
+    report = protocol_report(method, split, method.info, ["shapley", "gap", "dirichlet", "votes"],
                              gap_samples=args.samples)
     diag = report.get("diagnostics", {})
     if args.json:
@@ -108,6 +108,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"  {pair:<16} {v:.4f}")
     else:
         print("modality gap: no pair of modalities with features of equal size")
+    if "votes" in diag:
+        votes = diag["votes"]
+        print(f"branch votes (fused accuracy {votes['fused_accuracy']:.4f} on {votes['n']} "
+              "samples; outvoted: branch right, fused wrong; rescued: the reverse):")
+        rows = [{"branch": k, **v} for k, v in votes["branches"].items()]
+        print(format_rows(rows, ["branch", "accuracy", "outvoted", "rescued", "median_margin",
+                                 "median_margin_outvoted", "logit_std"]))
     for k, v in {**diag.get("dirichlet", {}), **diag.get("method", {})}.items():
         print(f"{k}: {v:.4f}")
     return 0
@@ -129,7 +136,7 @@ def add_eval_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_robustness)
 
     p = sub.add_parser("diagnose", help="modality contributions (Shapley), modality gap, "
-                                        "Dirichlet energy")
+                                        "Dirichlet energy, branch votes")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--samples", type=int, default=1000, help="samples for the modality gap")

@@ -8,6 +8,9 @@
 * **Modality gap** (Liang et al., NeurIPS 2022, "Mind the Gap"): the distance between the
   centroids of each modality's L2-normalised features, ``||mean(x_a/|x_a|) -
   mean(x_b/|x_b|)||``, over samples that have both modalities.
+* **Branch votes** (:mod:`equimodal.eval.votes`): for single-label classifiers with branch
+  read-outs, the samples each branch gets right that the fused prediction gets wrong
+  (*outvoted*) and the reverse, with the branches' logit margins: who wins a summed vote.
 * **Method diagnostics**: what the method's one diagnostics hook,
   :meth:`Method.diagnostics(split) <equimodal.methods.base.Method.diagnostics>`, returns:
   Dirichlet energies (``dirichlet*`` keys, ``equimodal.losses.graphs.dirichlet_energy``,
@@ -35,13 +38,15 @@ from equimodal.eval.robustness import (
     missing_modality_table,
     noise_curve,
 )
+from equimodal.eval.votes import branch_votes
+from equimodal.methods.inference import predict_split
 from equimodal.metrics import compute_task_metrics, selection_metric
 from equimodal.types import TaskInfo
 
 if TYPE_CHECKING:
     from equimodal.methods.base import Method
 
-PROTOCOLS = ("missing", "drop", "noise", "shapley", "gap", "dirichlet")
+PROTOCOLS = ("missing", "drop", "noise", "shapley", "gap", "dirichlet", "votes")
 
 
 def shapley_values(values: Mapping[frozenset[str], float], players: Sequence[str]
@@ -217,6 +222,21 @@ def dirichlet_diagnostics(method: Method, split: MultimodalSplit) -> dict[str, f
             if k.startswith("dirichlet")}
 
 
+def _branch_votes(method: Method, split: MultimodalSplit, info: TaskInfo
+                  ) -> dict[str, Any] | None:
+    """:func:`branch_votes` on the samples with every modality (None without read-outs)."""
+    fused, unimodal, target = predict_split(method, split)
+    if not unimodal:
+        return None
+    full = torch.ones(len(split), dtype=torch.bool)
+    for name in info.modality_names:
+        full &= split.present[name].cpu().bool()
+    if not bool(full.any()):
+        return None
+    return branch_votes(fused[full], {k: v[full] for k, v in unimodal.items()},
+                        target[full].long())
+
+
 def protocol_report(
     method: Method,
     split: MultimodalSplit,
@@ -235,7 +255,7 @@ def protocol_report(
         info: Task description.
         protocols: Any of ``missing`` (every modality subset), ``drop`` (frame drop curve,
             sequence data only), ``noise`` (Gaussian feature noise curve), ``shapley``,
-            ``gap``, ``dirichlet``.
+            ``gap``, ``dirichlet``, ``votes``.
         rates: Frame-drop rates.
         levels: Noise levels.
         seed: Seed of the corruptions.
@@ -246,7 +266,8 @@ def protocol_report(
         protocols that apply (``frame_drop`` only with sequence modalities). The
         ``dirichlet`` protocol runs the method's diagnostics hook once: its ``dirichlet*``
         entries under ``diagnostics["dirichlet"]``, the others under
-        ``diagnostics["method"]``.
+        ``diagnostics["method"]``. ``votes`` (:func:`branch_votes` over the samples that
+        have every modality) applies to single-label classification with branch read-outs.
     """
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
@@ -276,6 +297,10 @@ def protocol_report(
         other = {k: v for k, v in found.items() if k not in energy}
         if other:
             diag["method"] = other
+    if "votes" in protocols and info.kind == "classification":
+        votes = _branch_votes(method, split, info)
+        if votes is not None:
+            diag["votes"] = votes
     if diag:
         out["diagnostics"] = diag
     return out

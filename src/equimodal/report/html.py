@@ -151,6 +151,7 @@ def _robustness_section(done: pd.DataFrame, task: str | None, metric: str) -> st
                                               legend_outside=True), f"{key} curve"))
     shap: dict[tuple[str, str], list[float]] = {}
     gaps: dict[tuple[str, str], list[float]] = {}
+    outvoted: dict[tuple[str, str], list[float]] = {}
     # The data's modality order (stored JSON sorts keys).
     mods: list[str] = list(next((v for v in rob["modalities"] if isinstance(v, list)), []))
     pairs: list[str] = []
@@ -162,6 +163,9 @@ def _robustness_section(done: pd.DataFrame, task: str | None, metric: str) -> st
         for pair, v in diag.get("modality_gap", {}).items():
             pairs += [pair] if pair not in pairs else []
             gaps.setdefault((r["method"], pair), []).append(v)
+        votes = diag.get("votes", {})
+        for mod, v in votes.get("branches", {}).items():
+            outvoted.setdefault((r["method"], mod), []).append(v["outvoted"] / votes["n"])
     mods = [mod for mod in mods if any(k[1] == mod for k in shap)]
     if mods:
         sign = " (negated)" if metric == "mae" else ""
@@ -173,6 +177,12 @@ def _robustness_section(done: pd.DataFrame, task: str | None, metric: str) -> st
     if pairs:
         out.append(_stat_table("modality gap: centroid distance of L2-normalised features",
                                methods, pairs, gaps, "gap", ranked=False))
+    branches = [mod for mod in mods or sorted({k[1] for k in outvoted})
+                if any(k[1] == mod for k in outvoted)]
+    if branches:
+        out.append(_stat_table("branch outvoted: % of test samples the branch gets right "
+                               "and the fused prediction wrong", methods, branches, outvoted,
+                               "share", ranked=False))
     return "\n".join(out)
 
 
