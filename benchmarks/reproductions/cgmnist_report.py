@@ -107,9 +107,11 @@ def curves(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
             pts = []
             for h in run_history(r):
                 stage = f"{h['stage']}:" if h.get("stage") not in (None, "main", "joint") else ""
-                branch = "/".join(f"{k.split('/')[1]} {100 * v:.0f}" for k, v in h.items()
-                                  if k.startswith("valid/") and k.endswith("/accuracy")
-                                  and k.count("/") == 2 and method != "unimodal")
+                # Gray first, as in the tables (an archived history has its keys sorted).
+                keys = sorted((k for k in h if k.startswith("valid/") and k.endswith("/accuracy")
+                               and k.count("/") == 2 and method != "unimodal"),
+                              key=lambda k: (k != "valid/gray/accuracy", k))
+                branch = "/".join(f"{k.split('/')[1]} {100 * h[k]:.0f}" for k in keys)
                 pts.append(f"{stage}{100 * h['valid/accuracy']:.1f}"
                            + (f" ({branch})" if branch else ""))
             out[f"{method} {r['label']} seed {r['seed']}"] = pts
