@@ -365,12 +365,14 @@ def test_controller_weights_against_fig3(report: ModuleType) -> None:
         in lines
 
 
-def test_curves_list_the_gray_branch_first_whatever_the_key_order(report: ModuleType) -> None:
+def test_curves_list_the_branches_in_the_data_order_whatever_the_key_order(
+        report: ModuleType) -> None:
     """A database run keeps the data's modality order, an archived one has its keys sorted:
     the text is the same either way."""
     hist = {"epoch": 0, "valid/accuracy": 0.5, "valid/gray/accuracy": 0.9,
             "valid/color/accuracy": 0.2}
-    run = {"label": "cgmnist", "method": "sum", "seed": 0, "status": "finished"}
+    run = {"label": "cgmnist", "method": "sum", "seed": 0, "status": "finished",
+           "modalities": ["gray", "color"]}
     texts = [report.curves([{**run, "history": [dict(sorted(hist.items(), reverse=rev))]}])
              for rev in (False, True)]
     assert texts[0] == texts[1] == {"sum cgmnist seed 0": ["50.0 (gray 90/color 20)"]}

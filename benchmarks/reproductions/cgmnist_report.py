@@ -105,12 +105,14 @@ def curves(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     for _, labels, method in CURVES:
         for r in sorted(finished_runs(runs, labels, method), key=lambda r: (r["label"], r["seed"])):
             pts = []
+            order = {m: i for i, m in enumerate(r.get("modalities") or ())}
             for h in run_history(r):
                 stage = f"{h['stage']}:" if h.get("stage") not in (None, "main", "joint") else ""
-                # Gray first, as in the tables (an archived history has its keys sorted).
+                # In the data's modality order, which the run record keeps (an archived
+                # history has its keys sorted); branches it does not name keep their place.
                 keys = sorted((k for k in h if k.startswith("valid/") and k.endswith("/accuracy")
                                and k.count("/") == 2 and method != "unimodal"),
-                              key=lambda k: (k != "valid/gray/accuracy", k))
+                              key=lambda k: order.get(k.split("/")[1], len(order)))
                 branch = "/".join(f"{k.split('/')[1]} {100 * h[k]:.0f}" for k in keys)
                 pts.append(f"{stage}{100 * h['valid/accuracy']:.1f}"
                            + (f" ({branch})" if branch else ""))

@@ -23,7 +23,7 @@ import torch
 
 from equimodal.data.dataset import MultimodalData
 from equimodal.engine.run import load_run
-from equimodal.eval.votes import branch_votes, top1_margin, weighted_sum_accuracy
+from equimodal.eval.votes import branch_votes, outvoted, top1_margin, weighted_sum_accuracy
 from equimodal.methods.inference import predict_split
 from equimodal.registry import load_dataset
 
@@ -43,7 +43,7 @@ def rows(run_dir: Path, data: MultimodalData, anchor: str) -> list[str]:
         follower = next(k for k in uni if k != anchor)
         votes = branch_votes(fused, uni, target)
         a, f = votes["branches"][anchor], votes["branches"][follower]
-        lost = (uni[anchor].argmax(1) == target) & (fused.argmax(1) != target)
+        lost = outvoted(fused, uni[anchor], target)
         rival = top1_margin(uni[follower])[lost].median().item() if bool(lost.any()) else 0.0
         half = weighted_sum_accuracy(uni, target, {follower: 0.5})
         out.append(

@@ -28,6 +28,11 @@ def top1_margin(logits: Tensor) -> Tensor:
     return top[:, 0] - top[:, 1]
 
 
+def outvoted(fused: Tensor, branch: Tensor, target: Tensor) -> Tensor:
+    """``[N]`` bool: the samples ``branch``'s logits get right and ``fused``'s get wrong."""
+    return (branch.argmax(1) == target) & (fused.argmax(1) != target)
+
+
 def _check(unimodal: Mapping[str, Tensor], target: Tensor, fused: Tensor | None = None
            ) -> None:
     if not unimodal:
@@ -67,15 +72,15 @@ def branch_votes(fused: Tensor, unimodal: Mapping[str, Tensor], target: Tensor
     branches: dict[str, dict[str, float]] = {}
     for name, logits in unimodal.items():
         right = logits.argmax(1) == target
-        outvoted = right & ~fused_right
+        lost = outvoted(fused, logits, target)
         margin = top1_margin(logits.float())
         branches[name] = {
             "accuracy": right.float().mean().item(),
-            "outvoted": int(outvoted.sum()),
+            "outvoted": int(lost.sum()),
             "rescued": int((~right & fused_right).sum()),
             "median_margin": margin.median().item(),
-            "median_margin_outvoted": (margin[outvoted].median().item()
-                                       if bool(outvoted.any()) else float("nan")),
+            "median_margin_outvoted": (margin[lost].median().item()
+                                       if bool(lost.any()) else float("nan")),
             "logit_std": logits.float().std(dim=1).mean().item(),
         }
     return {"n": int(target.shape[0]), "fused_accuracy": fused_right.float().mean().item(),
